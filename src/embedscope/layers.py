@@ -1,0 +1,21 @@
+"""Names of extractors and their layers (DESIGN.md), shared by the workflow and the library.
+
+Kept free of heavy imports: the Snakefile imports it to build the DAG.
+"""
+
+# The eight children of torchvision's ResNet-18 before its pooling/fc head: the report's activation
+# figures (7-14) and the `resnet18` feature store use exactly these, in this order.
+BODY_LAYERS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+BODY_CHANNELS = {"conv1": 64, "bn1": 64, "relu": 64, "maxpool": 64, "layer1": 64, "layer2": 128,
+                 "layer3": 256, "layer4": 512}
+
+FINETUNED_LAYERS = ("layer4", "head_pool", "head_hidden", "softmax")
+
+EXTRACTOR_LAYERS: dict[str, tuple[str, ...]] = {
+    "scattering": ("scattering",),
+    "resnet18": BODY_LAYERS,
+    "resnet18_finetuned": FINETUNED_LAYERS,
+}
+
+# Extractors whose body layers are drawn in the activation figures (report Figures 7-14).
+ACTIVATION_EXTRACTORS = ("resnet18", "resnet18_finetuned")

@@ -1,0 +1,96 @@
+"""ResNet-18 construction, weights, and the image preprocessing every ResNet stage shares."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedscope.layers import BODY_CHANNELS, BODY_LAYERS  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name (hash prefix f37072fd)
+
+
+class WeightsError(RuntimeError):
+    """A weights setting or file is unusable."""
+
+
+def imagenet_weights_path(resources: str | Path = "resources") -> Path:
+    return Path(resources) / "weights" / IMAGENET_WEIGHTS_FILE
+
+
+def weights_file(weights: str, resources: str | Path = "resources") -> Path | None:
+    """The file a ``weights`` setting reads: None for ``random``."""
+    if weights == "random":
+        return None
+    if weights == "imagenet":
+        return imagenet_weights_path(resources)
+    return Path(weights)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict with ``weights_only=True``; name the file in every failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"weights file {path} could not be read as a torch state_dict ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
+    return state
+
+
+def build_resnet18(weights: str = "random", resources: str | Path = "resources", seed: int = 0) -> nn.Module:
+    """torchvision ResNet-18 with ``weights``: ``imagenet``, ``random`` (seeded) or a state_dict path."""
+    from torchvision.models import resnet18
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = resnet18(weights=None)
+    path = weights_file(weights, resources)
+    if path is None:
+        return model
+    if weights == "imagenet" and not path.is_file():
+        raise WeightsError(
+            f"ImageNet weights not found at {path}. Run `snakemake download --cores 1` on a machine with "
+            f"network, or place torchvision's {IMAGENET_WEIGHTS_FILE} there."
+        )
+    state = load_state_dict_file(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsError(f"weights file {path} is not a ResNet-18 state_dict: {first}") from exc
+    return model
+
+
+def body_of(model: nn.Module) -> nn.Sequential:
+    """The eight body children of a torchvision ResNet as a named Sequential (shares parameters)."""
+    return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in BODY_LAYERS))
+
+
+def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> torch.Tensor:
+    """uint8 (N,H,W,C) -> float (N,3,H,W), ImageNet-normalised; grayscale replicated to 3 channels."""
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != 3:
+        raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
+    if resize:
+        x = nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std

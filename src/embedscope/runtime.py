@@ -1,0 +1,84 @@
+"""What every job does first: logging, seeds, threads, device, determinism."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+
+log = logging.getLogger("embedscope")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr, which a workflow script has already pointed at ``snakemake.log[0]``."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") -> None:
+    """Seed Python, NumPy and torch; with ``deterministic``, ask torch for deterministic algorithms.
+
+    On CUDA, ResNet-18's AdaptiveAvgPool2d backward has no deterministic kernel, so there the switch
+    only warns; on CPU it is strict and two runs give identical numbers.
+    """
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.startswith("cuda"))
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"config key 'device' is {requested!r}; expected auto, cpu or cuda")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device' is 'cuda' but torch sees no CUDA device (CUDA_VISIBLE_DEVICES?)")
+    return requested
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def start_job(snakemake, seed: int | None = None, deterministic: bool | None = None) -> str:
+    """Common start of a workflow script: logging, threads, seeds. Returns the resolved device."""
+    setup_logging()
+    params = snakemake.params
+    config = snakemake.config
+    threads = getattr(snakemake, "threads", 1)
+    set_threads(threads)
+    device = resolve_device(str(getattr(params, "device", None) or config.get("device", "auto")))
+    seed = config.get("seed", 0) if seed is None else seed
+    deterministic = config.get("deterministic", True) if deterministic is None else deterministic
+    seed_everything(int(seed), bool(deterministic), device)
+    log.info("rule %s: threads=%s device=%s seed=%s", snakemake.rule, threads, device, seed)
+    return device
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm into stderr (the rule's log), updating a few times a minute rather than every step."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("mininterval", 5.0)
+    kwargs.setdefault("ascii", True)
+    return tqdm(iterable, **kwargs)
