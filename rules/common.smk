@@ -64,6 +64,22 @@ def store_path(dataset, extractor):
     return f"results/features/{dataset}/{extractor}.zarr"
 
 
+TORCHVISION_FILES = {
+    "MNIST": [
+        "MNIST/raw/train-images-idx3-ubyte.gz",
+        "MNIST/raw/train-labels-idx1-ubyte.gz",
+        "MNIST/raw/t10k-images-idx3-ubyte.gz",
+        "MNIST/raw/t10k-labels-idx1-ubyte.gz",
+    ],
+    "CIFAR10": ["cifar-10-python.tar.gz"],
+}
+
+
+def torchvision_files(name, root="resources/datasets"):
+    """The raw files torchvision keeps for a dataset: what `snakemake download` stages."""
+    return [f"{root}/{path}" for path in TORCHVISION_FILES[name]]
+
+
 def activation_image(dataset):
     index = dataset_settings(dataset).get("activation_image")
     return config["figures"]["activation_image"] if index is None else index

@@ -94,3 +94,51 @@ def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/" + IMAGENET_WEIGHTS_FILE
+IMAGENET_HASH_PREFIX = IMAGENET_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]  # "f37072fd", sha256 prefix
+
+
+def download_imagenet_weights(
+    destination: str | Path,
+    url: str = IMAGENET_WEIGHTS_URL,
+    hash_prefix: str | None = IMAGENET_HASH_PREFIX,
+) -> Path:
+    """Fetch torchvision's ImageNet ResNet-18 file to ``destination``, checking its SHA-256 prefix.
+
+    Uses torch.hub's download (the check torchvision does with ``check_hash=True``); the file is written to a
+    temporary sibling and renamed only once the hash matched and it loads as a ResNet-18 state_dict.
+    Offline, the error says where to put the file by hand.
+    """
+    import os
+    import urllib.error
+
+    from torch.hub import download_url_to_file
+
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=False)
+        except (urllib.error.URLError, OSError) as exc:
+            raise WeightsError(
+                f"could not download {url} ({exc}). Without network, fetch that file elsewhere and place it at "
+                f"{destination} (torchvision's {IMAGENET_WEIGHTS_FILE}, sha256 starting {hash_prefix})."
+            ) from exc
+        except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
+            raise WeightsError(f"download of {url} failed its hash check for {destination}: {exc}") from exc
+        state = load_state_dict_file(tmp)
+        from torchvision.models import resnet18
+
+        try:
+            resnet18(weights=None).load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise WeightsError(f"downloaded file {url} is not a ResNet-18 state_dict: {first}") from exc
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s -> %s", url, destination)
+    return destination

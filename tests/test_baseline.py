@@ -1,0 +1,44 @@
+"""The class-mean baseline on hand-made toys with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedscope.baseline import class_mean_images, compute_baseline, nearest_class_mean
+from embedscope.store import write_image_store
+
+
+def test_class_means_by_hand():
+    images = np.array([[[[0]]], [[[2]]], [[[10]]], [[[20]]]], dtype=np.uint8)
+    means = class_mean_images(images, np.array([0, 0, 1, 1]), 2)
+    assert np.allclose(means.ravel(), [1.0, 15.0])
+    with pytest.raises(ValueError, match="class 2"):
+        class_mean_images(images, np.array([0, 0, 1, 1]), 3)
+
+
+def test_l1_and_l2_disagree_where_they_should():
+    # Two 2-pixel class means; the test point is L1-nearer to mean 0 but L2-nearer to mean 1.
+    means = np.array([[0.0, 0.0], [3.0, 3.0]]).reshape(2, 1, 2, 1)
+    point = np.array([[0.0, 5.0]]).reshape(1, 1, 2, 1)
+    # L1: |0-0|+|5-0| = 5 vs |0-3|+|5-3| = 5 -> tie goes to class 0; shift slightly to break it.
+    point = point + np.array([0.0, -0.5]).reshape(1, 1, 2, 1)
+    assert nearest_class_mean(point, means, "l1")[0] == 0  # 4.5 vs 5.5
+    assert nearest_class_mean(point, means, "l2")[0] == 1  # 20.25 vs 11.25
+    with pytest.raises(ValueError, match="distance"):
+        nearest_class_mean(point, means, "cosine")
+
+
+def test_compute_baseline_on_a_toy_store(tmp_path):
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 40, (20, 4, 4, 1))
+    bright = rng.integers(200, 256, (20, 4, 4, 1))
+    images = np.concatenate([dark, bright]).astype(np.uint8)
+    labels = np.repeat([0, 1], 20)
+    split = np.tile([0, 0, 0, 1], 10).astype(np.uint8)
+    write_image_store(tmp_path / "toy.zarr", images, labels, split, ["dark", "bright"])
+    table = compute_baseline(tmp_path / "toy.zarr", tmp_path / "m.csv", tmp_path / "means.png", "toy")
+    saved = pd.read_csv(tmp_path / "m.csv")
+    assert list(saved.columns) == ["dataset", "method", "distance", "accuracy", "macro_f1", "n_test"]
+    assert np.allclose(saved.accuracy, 1.0) and (saved.n_test == 10).all()
+    assert table.shape == (2, 6)
+    assert (tmp_path / "means.png").stat().st_size > 1000

@@ -1,0 +1,90 @@
+"""Image and feature stores: round trips, atomic writes, refusal of incomplete stores."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from embedscope.store import (
+    FeatureStoreWriter,
+    StoreError,
+    load_features,
+    open_complete,
+    read_image_store,
+    write_image_store,
+)
+
+
+def toy_images(n=12, shape=(8, 8, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    labels = np.arange(n) % 3
+    split = (np.arange(n) >= 8).astype(np.uint8)
+    return images, labels, split
+
+
+def test_image_store_round_trip(tmp_path):
+    images, labels, split = toy_images()
+    path = tmp_path / "toy.zarr"
+    write_image_store(path, images, labels, split, ["a", "b", "c"], {"source": "toy"})
+    data = read_image_store(path)
+    assert np.array_equal(data.images, images)
+    assert np.array_equal(data.labels, labels)
+    assert np.array_equal(data.split, split)
+    assert data.class_names == ["a", "b", "c"]
+    assert data.attrs["complete"] is True
+    assert data.attrs["counts"]["train"] == {"a": 3, "b": 3, "c": 2}
+    assert data.attrs["counts"]["test"] == {"a": 1, "b": 1, "c": 2}
+    test_images, test_labels, test_index = data.subset("test")
+    assert np.array_equal(test_index, np.arange(8, 12))
+    assert np.array_equal(test_images, images[8:])
+
+
+def test_failed_write_leaves_no_store(tmp_path):
+    images, labels, split = toy_images()
+    path = tmp_path / "broken.zarr"
+    with pytest.raises(RuntimeError, match="boom"):
+        with FeatureStoreWriter(path, labels, split, np.arange(len(labels))) as writer:
+            writer.write("layer", 0, np.ones((4, 5)))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_images_are_refused_before_writing(tmp_path):
+    images, labels, split = toy_images()
+    with pytest.raises(ValueError, match="uint8"):
+        write_image_store(tmp_path / "x.zarr", images.astype(np.float32), labels, split, ["a", "b", "c"])
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_reader_refuses_incomplete_store(tmp_path):
+    path = tmp_path / "half.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("images", shape=(2, 2), dtype="uint8")
+    with pytest.raises(StoreError, match="incomplete"):
+        open_complete(path)
+    with pytest.raises(StoreError, match="does not exist"):
+        open_complete(tmp_path / "missing.zarr")
+
+
+def test_feature_store_round_trip_and_other_process(tmp_path):
+    images, labels, split = toy_images()
+    path = tmp_path / "features.zarr"
+    values = np.arange(12 * 5, dtype=np.float32).reshape(12, 5)
+    with FeatureStoreWriter(path, labels, split, np.arange(12) + 100, {"extractor": "toy"}) as writer:
+        for start in range(0, 12, 5):
+            writer.write("layer_a", start, values[start : start + 5], {"shape": [5]})
+    test = load_features(path, "layer_a", "test")
+    assert np.array_equal(test.features, values[8:])
+    assert np.array_equal(test.index, np.arange(108, 112))
+    assert test.attrs["extractor"] == "toy" and test.attrs["dim"] == 5
+    with pytest.raises(StoreError, match="no layer"):
+        load_features(path, "layer_b")
+    code = (
+        "import zarr, sys; g = zarr.open_group(sys.argv[1], mode='r'); "
+        "assert g.attrs['complete'] is True; print(g['layer_a/features'].shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(12, 5)"
