@@ -148,7 +148,9 @@ def open_complete(path: str | os.PathLike) -> zarr.Group:
     except Exception as exc:  # zarr raises several types for a damaged group
         raise StoreError(f"store {path} is not a readable Zarr group: {exc}") from exc
     if group.attrs.get("complete") is not True:
-        raise StoreError(f"store {path} is incomplete (attribute 'complete' is not true); rerun the rule that writes it")
+        raise StoreError(
+            f"store {path} is incomplete (attribute 'complete' is not true); rerun the rule that writes it"
+        )
     return group
 
 
