@@ -1,0 +1,79 @@
+"""The real DAG end to end on a small embedded config (the `small_run` fixture), and its guarantees."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from conftest import SMALL_CONFIG, run_snakemake, write_config
+
+pytestmark = pytest.mark.e2e
+DS = "mnist_small"
+
+
+
+def test_every_stage_wrote_its_outputs(small_run):
+    results = small_run / "results"
+    assert (results / f"data/{DS}.zarr/zarr.json").is_file()
+    group = zarr.open_group(str(results / f"data/{DS}.zarr"), mode="r")
+    assert group["images"].shape == (500, 28, 28, 1) and group.attrs["complete"] is True
+    metrics = pd.read_csv(results / f"baseline/{DS}/metrics.csv")
+    l1 = metrics.loc[metrics.distance == "l1", "accuracy"].item()
+    assert 0.5 < l1 < 0.8
+    for extractor, dims in {
+        "scattering": {"scattering": 3969},
+        "resnet18": {"conv1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
+        "resnet18_finetuned": {"layer4": 512, "head_pool": 1024, "head_hidden": 512, "softmax": 10},
+    }.items():
+        store = zarr.open_group(str(results / f"features/{DS}/{extractor}.zarr"), mode="r")
+        assert store.attrs["complete"] is True
+        for layer, dim in dims.items():
+            assert store[f"{layer}/features"].shape == (500, dim), (extractor, layer)
+    for path in ["models/{ds}/resnet18_finetuned.pt", "models/{ds}/training_log.csv", "models/{ds}/predictions.csv",
+                 "figures/{ds}/class_means.png", "figures/{ds}/tsne/resnet18_finetuned/head_hidden.png",
+                 "figures/{ds}/tsne_thumbs/scattering/scattering.png", "figures/{ds}/activations/input.png",
+                 "figures/{ds}/activations/resnet18/layer4.png", "metrics/{ds}/classifiers.csv",
+                 "metrics/{ds}/embedding_quality.md", "explorer/{ds}.html"]:
+        assert (results / path.format(ds=DS)).stat().st_size > 0, path
+
+
+def test_every_job_has_a_log(small_run):
+    logs = list((small_run / "results" / "logs").rglob("*.log"))
+    assert len(logs) >= 20
+    tsne_log = small_run / "results/logs/tsne" / DS / "scattering/scattering.log"
+    assert tsne_log.is_file()
+
+
+def test_rerun_schedules_nothing(small_run):
+    result = run_snakemake(small_run, "-n", "--cores", "1")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_one_figure_dry_run_schedules_nothing(small_run):
+    result = run_snakemake(small_run, "-n", "--cores", "1", f"results/figures/{DS}/tsne/scattering/scattering.png")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    config = {**SMALL_CONFIG, "extractors": ["scattering", "vgg16"]}
+    write_config(tmp_path, config)
+    result = run_snakemake(tmp_path, "--cores", "1", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "vgg16" in output and "extractors" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_same_config_same_numbers(small_run, tmp_path):
+    """A second run of the same config on CPU gives identical stores, predictions and t-SNE coordinates."""
+    write_config(tmp_path, SMALL_CONFIG)
+    targets = [f"results/tsne/{DS}/scattering/scattering.csv", f"results/models/{DS}/predictions.csv",
+               f"results/features/{DS}/resnet18.zarr", f"results/baseline/{DS}/metrics.csv"]
+    run_snakemake(tmp_path, "--cores", "2", *targets)
+    for target in targets:
+        first, second = small_run / target, tmp_path / target
+        if target.endswith(".zarr"):
+            a, b = zarr.open_group(str(first), mode="r"), zarr.open_group(str(second), mode="r")
+            for layer in a.attrs["layers"]:
+                assert np.array_equal(a[f"{layer}/features"][...], b[f"{layer}/features"][...]), layer
+        else:
+            pd.testing.assert_frame_equal(pd.read_csv(first), pd.read_csv(second))
