@@ -1,0 +1,271 @@
+"""Feature extraction: image store -> per-extractor feature store, one group per layer.
+
+Two extractors (DESIGN.md, "Layers"):
+
+- ``scattering``: kymatio's Scattering2D (J, L from config) on each channel of ``images / 255``, all orders,
+  flattened: (C, 1 + J*L + L*L*J*(J-1)/2, H/2^J, W/2^J) -> C * 3,969 values for 28x28 with J=2, L=8.
+- ``resnet18`` (frozen): forward hooks on the eight body children (conv1 ... layer4), each output globally
+  average-pooled to its channel count (64, 64, 64, 64, 64, 128, 256, 512).
+
+One generic loop (:func:`run_extraction`) reads the image store batch by batch from the Zarr array (so memory
+does not grow with N), runs an extractor under ``torch.inference_mode`` and writes whole chunks through
+:class:`embedscope.store.FeatureStoreWriter` (atomic, ``complete`` last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedscope.layers import BODY_LAYERS
+from embedscope.store import (
+    FeatureStoreWriter,
+    config_digest,
+    open_complete,
+    package_versions,
+    rows_per_chunk,
+)
+
+log = logging.getLogger(__name__)
+
+FEATURE_EXTRACTORS = ("scattering", "resnet18")
+
+
+# ---- extractors ------------------------------------------------------------------------------------
+
+
+class ScatteringExtractor:
+    """kymatio Scattering2D applied to every channel of ``uint8 / 255``; one layer ``scattering``."""
+
+    name = "scattering"
+    layers = ("scattering",)
+    pooling = "none (all orders, flattened)"
+
+    def __init__(self, J: int, L: int, image_shape: tuple[int, int], device: str = "cpu", max_order: int = 2):
+        # kymatio 0.3.0's `kymatio.torch` imports its 3-D frontend, which breaks on scipy >= 1.17 (NOTES.md).
+        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+        height, width = (int(s) for s in image_shape)
+        if min(height, width) < 2**J:
+            raise ValueError(f"config key 'scattering.J' is {J}: images of {height}x{width} need 2^J <= their side")
+        self.J, self.L, self.max_order = int(J), int(L), int(max_order)
+        self.device = device
+        self.module = ScatteringTorch2D(J=self.J, shape=(height, width), L=self.L, max_order=self.max_order)
+        self.module = self.module.to(device)
+        self.weights = "none"
+        self.settings = {"J": self.J, "L": self.L, "max_order": self.max_order, "input": "uint8/255"}
+        self.shapes: dict[str, list[int]] = {}
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N,H,W,C) -> float32 (N,C,H,W) in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        return x.float().div_(255.0).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.module(x.to(self.device))  # (N, C, K, H', W')
+        self.shapes["scattering"] = list(out.shape[1:])
+        return {"scattering": out.reshape(len(out), -1)}
+
+
+class ResNetExtractor:
+    """A frozen ResNet-18; forward hooks on the body children, each output globally average-pooled."""
+
+    name = "resnet18"
+    layers = BODY_LAYERS
+    pooling = "global average"
+
+    def __init__(self, model: nn.Module, resize: int | None = None, device: str = "cpu",
+                 weights: str = "random", weights_sha256: str | None = None, name: str = "resnet18"):
+        from embedscope.resnet import body_of
+
+        self.name = name
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.body = body_of(self.model)
+        self.resize = resize
+        self.device = device
+        self.weights = weights
+        self.settings = {"weights": weights, "weights_sha256": weights_sha256, "resize": resize,
+                         "normalisation": "imagenet"}
+        self.shapes: dict[str, list[int]] = {}
+        self._pooled: dict[str, torch.Tensor] = {}
+        self._handles = [getattr(self.model, layer).register_forward_hook(self._hook(layer)) for layer in self.layers]
+
+    def _hook(self, layer: str):
+        def hook(module, inputs, output):
+            # Pool at once: torchvision's ReLU is in-place and would overwrite bn1's output afterwards.
+            self.shapes[layer] = list(output.shape[1:])
+            self._pooled[layer] = output.mean(dim=(2, 3))
+
+        return hook
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        from embedscope.resnet import preprocess
+
+        return preprocess(images, self.resize)
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._pooled = {}
+        self.body(x.to(self.device))  # the head (avgpool, fc) is not needed
+        return {layer: self._pooled[layer] for layer in self.layers}
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_extractor(
+    extractor: str,
+    settings: Mapping[str, Any],
+    image_shape: tuple[int, int, int],
+    device: str = "cpu",
+    resources: str | Path = "resources",
+    seed: int = 0,
+):
+    """The extractor named ``extractor`` with its config section ``settings`` (``scattering`` or ``resnet18``)."""
+    if extractor == "scattering":
+        return ScatteringExtractor(settings.get("J", 2), settings.get("L", 8), image_shape[:2], device)
+    if extractor == "resnet18":
+        from embedscope.resnet import build_resnet18, weights_file
+
+        weights = str(settings.get("weights", "imagenet"))
+        model = build_resnet18(weights, resources=resources, seed=seed)
+        path = weights_file(weights, resources)
+        sha = file_sha256(path) if path is not None else None
+        label = weights if weights in ("imagenet", "random") else str(path)
+        return ResNetExtractor(model, settings.get("resize"), device, weights=label, weights_sha256=sha)
+    raise ValueError(f"unknown extractor {extractor!r}; expected one of {list(FEATURE_EXTRACTORS)}")
+
+
+# ---- the batch loop -------------------------------------------------------------------------------
+
+
+class _ChunkedLayers:
+    """Buffers each layer's rows until a whole Zarr chunk is ready, then writes it (no read-modify-write)."""
+
+    def __init__(self, writer: FeatureStoreWriter):
+        self.writer = writer
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.start: dict[str, int] = {}
+        self.rows: dict[str, int] = {}
+
+    def add(self, layer: str, start: int, values: np.ndarray, layer_attrs: Mapping[str, Any]) -> None:
+        if layer not in self.parts:
+            dim = int(values.shape[1])
+            self.writer.add_layer(layer, dim, layer_attrs)  # layers appear in extractor order
+            self.parts[layer], self.start[layer] = [], start
+            self.rows[layer] = rows_per_chunk(dim * 4)
+        self.parts[layer].append(values)
+        buffered = sum(len(p) for p in self.parts[layer])
+        if buffered >= self.rows[layer]:
+            self._flush(layer, final=False)
+
+    def _flush(self, layer: str, final: bool) -> None:
+        parts = self.parts[layer]
+        if not parts:
+            return
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        n = len(block) if final else (len(block) // self.rows[layer]) * self.rows[layer]
+        self.writer.write(layer, self.start[layer], block[:n])
+        self.start[layer] += n
+        self.parts[layer] = [block[n:]] if n < len(block) else []
+
+    def close(self) -> None:
+        for layer in self.parts:
+            self._flush(layer, final=True)
+
+
+def run_extraction(
+    image_store: str | Path,
+    output: str | Path,
+    extractor,
+    batch_size: int = 256,
+    attrs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Run ``extractor`` over every image of ``image_store`` in batches; write ``output`` atomically.
+
+    Images are read from the Zarr array a few chunks at a time, so memory stays flat in N. Returns the layers.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    from embedscope.runtime import progress
+
+    batch_size = int(batch_size)
+    group = open_complete(image_store)
+    images = group["images"]
+    labels = group["labels"][...].astype(np.int64)
+    split = group["split"][...].astype(np.uint8)
+    n = len(labels)
+    if images.ndim != 4 or images.shape[0] != n:
+        raise ValueError(f"image store {image_store}: 'images' must be (N,H,W,C) with N={n}, got {images.shape}")
+    # Read blocks covering whole image chunks and a whole number of batches.
+    chunk_rows = int(images.chunks[0])
+    read_rows = batch_size * max(1, math.ceil(chunk_rows / batch_size))
+    store_attrs = {
+        "image_store": str(image_store),
+        "class_names": list(group.attrs.get("class_names", [])),
+        "image_shape": list(images.shape[1:]),
+        **(attrs or {}),
+    }
+    log.info("extracting %s from %s: %d images, batch %d, device %s", extractor.name, image_store, n,
+             batch_size, extractor.device)
+    with FeatureStoreWriter(output, labels, split, np.arange(n), store_attrs) as writer:
+        layers = _ChunkedLayers(writer)
+        with torch.inference_mode(), progress(total=n, unit="img", desc=extractor.name) as bar:
+            for block_start in range(0, n, read_rows):
+                block = images[block_start : min(n, block_start + read_rows)]
+                for offset in range(0, len(block), batch_size):
+                    x = extractor.prepare(block[offset : offset + batch_size])
+                    outputs = extractor(x)
+                    for layer, values in outputs.items():
+                        layer_attrs = {"shape_before_pooling": extractor.shapes[layer],
+                                       "pooling": extractor.pooling}
+                        layers.add(layer, block_start + offset, values.float().cpu().numpy(), layer_attrs)
+                    bar.update(len(x))
+        layers.close()
+        return list(writer.layer_order)
+
+
+def extract_features(
+    image_store: str | Path,
+    output: str | Path,
+    extractor: str,
+    settings: Mapping[str, Any],
+    batch_size: int = 256,
+    device: str = "cpu",
+    resources: str | Path = "resources",
+    seed: int = 0,
+) -> list[str]:
+    """The ``extract_features`` rule: build ``extractor`` from its config section and write its store."""
+    group = open_complete(image_store)
+    image_shape = tuple(int(s) for s in group["images"].shape[1:])
+    model = build_extractor(extractor, settings, image_shape, device, resources, seed)
+    attrs = {
+        "extractor": extractor,
+        "weights": model.weights,
+        "settings": dict(model.settings),
+        "config_digest": config_digest({"extractor": extractor, **model.settings}),
+        "package_versions": package_versions("torch", "torchvision", "kymatio"),
+        "seed": seed,
+    }
+    layers = run_extraction(image_store, output, model, batch_size, attrs)
+    if hasattr(model, "close"):
+        model.close()
+    log.info("wrote %s: layers %s", output, layers)
+    return layers
