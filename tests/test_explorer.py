@@ -1,0 +1,195 @@
+"""The explorer page built from small synthetic inputs in the real on-disk formats (no browser here)."""
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedscope.explorer import (
+    ExplorerError,
+    build_explorer,
+    explorer_document,
+    layer_key,
+    png_data_uri,
+    scale_unit,
+    write_synthetic_inputs,
+)
+from embedscope.layers import EXTRACTOR_LAYERS
+
+MAPS = [(e, layer) for e, layers in EXTRACTOR_LAYERS.items() for layer in layers]  # 13 maps
+
+
+class Resources(HTMLParser):
+    """Every src/href of script, link, img and iframe tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.scripts = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self.scripts += tag == "script"
+        if tag in ("script", "link", "img", "iframe"):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def doc_json(text):
+    """The Bokeh document JSON embedded in the page."""
+    match = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
+    return json.loads(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("explorer")
+    inputs = write_synthetic_inputs(folder / "in", 120, MAPS, n_train=30)
+    stats = build_explorer(folder / "out" / "synthetic.html", **inputs)
+    return folder / "out" / "synthetic.html", inputs, stats
+
+
+def test_page_is_self_contained(page):
+    path, _, stats = page
+    text = path.read_text()
+    parser = Resources()
+    parser.feed(text)
+    assert parser.scripts >= 2  # inline BokehJS + the document
+    assert not [u for u in parser.urls if re.match(r"(https?:)?//", u)], parser.urls
+    assert stats == {"points": 120, "maps": 13, "bytes": path.stat().st_size}
+    assert not list(path.parent.glob(".*tmp*"))
+
+
+def test_page_holds_every_layer_and_point(page):
+    path, inputs, _ = page
+    text = path.read_text()
+    for extractor, layer in MAPS:
+        assert f"{extractor} / {layer}" in text
+    doc = doc_json(text)
+    flat = json.dumps(doc)
+    assert flat.count("data:image/png;base64,") == 120  # ONE thumbnail set, not one per layer
+    for extractor, layer in MAPS:
+        assert f'"x__{layer_key(extractor, layer)}"' in flat
+
+
+def test_document_contents(page):
+    _, inputs, _ = page
+    from bokeh.models import ColumnDataSource, CustomJS, Legend, Select
+
+    layout = explorer_document(**inputs)
+    sources = [m for m in layout.references() if isinstance(m, ColumnDataSource) and m.name == "points"]
+    assert len(sources) == 1
+    data = sources[0].data
+    assert len(data["index"]) == 120 and len(data["thumb"]) == 120
+    assert all(t.startswith("data:image/png;base64,") for t in data["thumb"])
+    (select,) = [m for m in layout.references() if isinstance(m, Select)]
+    assert [v for v, _ in select.options] == [layer_key(e, layer) for e, layer in MAPS]
+    (legend,) = [m for m in layout.references() if isinstance(m, Legend)]
+    assert legend.click_policy == "hide" and [i.label.value for i in legend.items] == [f"class {c}" for c in range(10)]
+    assert any(isinstance(m, CustomJS) and "x__" in m.code for m in layout.references())
+    # misclassified points come from predictions.csv, joined by sample index
+    pred = pd.read_csv(inputs["predictions_csv"]).set_index("index")
+    wrong = pred["pred"] != pred["label"]
+    status = pd.Series(data["status"], index=data["index"])
+    assert (status.loc[wrong.index[wrong]] == "misclassified").all()
+    assert (status.loc[wrong.index[~wrong]] == "correct").all()
+    assert np.allclose(pd.Series(data["prob"], index=data["index"]).loc[pred.index], pred["prob"])
+    # every map scaled into [-1, 1], same point order as the index column
+    tsne = pd.read_csv(inputs["maps"][3][2]).set_index("index").loc[data["index"]]
+    x, _ = scale_unit(tsne["x"].to_numpy(), tsne["y"].to_numpy())
+    assert np.allclose(data[f"x__{layer_key(*MAPS[3])}"], x)
+    assert np.abs(np.r_[data["x"], data["y"]]).max() <= 1 + 1e-6
+
+
+def test_quality_numbers_per_layer(page):
+    path, _, _ = page
+    text = path.read_text()
+    assert "0.912" in text  # trustworthiness of map 12 (0.9 + 12/1000)
+    assert "t-SNE trustworthiness" in text
+
+
+def test_predictions_from_finetuned_csv_and_none(tmp_path):
+    inputs = write_synthetic_inputs(tmp_path, 40, [("scattering", "scattering"), ("resnet18_finetuned", "softmax")])
+    data_with = explorer_document(**{**inputs, "predictions_csv": None}).select_one({"name": "points"}).data
+    assert "misclassified" in data_with["status"]
+    only = {**inputs, "predictions_csv": None, "maps": inputs["maps"][:1]}
+    data_none = explorer_document(**only).select_one({"name": "points"}).data
+    assert set(data_none["status"]) == {"no prediction"} and set(data_none["pred_name"]) == {"n/a"}
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    inputs = write_synthetic_inputs(tmp_path, 30, [("scattering", "scattering"), ("resnet18", "conv1")])
+    bad = tmp_path / "tsne" / "resnet18" / "conv1.csv"
+    frame = pd.read_csv(bad)
+    frame.iloc[:-1].to_csv(bad, index=False)
+    with pytest.raises(ExplorerError, match="conv1.csv holds other points"):
+        explorer_document(**inputs)
+    frame.drop(columns="y").to_csv(bad, index=False)
+    with pytest.raises(ExplorerError, match=r"conv1.csv lacks column\(s\) \['y'\]"):
+        explorer_document(**inputs)
+    with pytest.raises(ExplorerError, match="no t-SNE maps"):
+        explorer_document(**{**inputs, "maps": []})
+    out = tmp_path / "out.html"
+    with pytest.raises(ExplorerError):
+        build_explorer(out, **inputs)
+    assert not out.exists() and not list(tmp_path.glob(".out.html*"))
+
+
+def test_png_data_uri_roundtrip():
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = (np.arange(28 * 28).reshape(28, 28, 1) % 256).astype(np.uint8)
+    uri = png_data_uri(image)
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert np.array_equal(back, image[:, :, 0])
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(png_data_uri(rgb).split(",")[1])))).shape == (4, 4, 3)
+
+
+@pytest.mark.e2e
+def test_rule_build_explorer_and_report(tmp_path):
+    """The real rule on synthetic inputs placed at the workflow's paths, then the page inside a report zip."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    maps = [(e, layer) for e, layers in EXTRACTOR_LAYERS.items() for layer in layers]
+    inputs = write_synthetic_inputs(tmp_path / "synthetic", 60, maps, n_train=20)
+    results = tmp_path / "results"
+    (results / "data").mkdir(parents=True)
+    Path(inputs["image_store"]).rename(results / "data" / "mnist5k.zarr")
+    for extractor, layer, csv in inputs["maps"]:
+        target = results / "tsne" / "mnist5k" / extractor / f"{layer}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(csv).rename(target)
+    for name, folder in (("embedding_quality.csv", "metrics"), ("predictions.csv", "models")):
+        (results / folder / "mnist5k").mkdir(parents=True)
+        Path(tmp_path / "synthetic" / name).rename(results / folder / "mnist5k" / name)
+    snakemake = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "--configfile",
+        str(repo / "config.yaml"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "1",
+    ]
+    target = "results/explorer/mnist5k.html"
+    run = subprocess.run([*snakemake, target, "--allowed-rules", "build_explorer"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    page = (tmp_path / target).read_text()
+    assert json.dumps(doc_json(page)).count("data:image/png;base64,") == 60 and "resnet18_finetuned / softmax" in page
+    assert (tmp_path / "results/logs/explorer/mnist5k.log").exists()
+    run = subprocess.run([*snakemake, "--report", str(tmp_path / "report.zip"), target], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert any(n.endswith("/mnist5k.html") for n in names), names
