@@ -1,0 +1,285 @@
+"""Metric tables (issue 6): each metric against a hand computation or scikit-learn, and the tables' shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.manifold import trustworthiness
+from sklearn.metrics import silhouette_score
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
+
+from embedscope import metrics
+from embedscope.baseline import compute_baseline
+from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.store import FeatureStoreWriter, write_image_store
+
+SETTINGS = {"classifiers": ["logreg", "random_forest", "knn"], "knn_k": 3, "trustworthiness_k": 3,
+            "random_forest_trees": 5, "logreg_max_iter": 100}
+
+
+# ---- single metrics ------------------------------------------------------------------------------
+
+
+def test_macro_scores_by_hand():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 0, 2])
+    scores = metrics.macro_scores(y_true, y_pred, 3)
+    # per class precision: 0: 1/2, 1: 2/3, 2: 1/1; recall: 1/2, 1, 1/2
+    precision = np.mean([1 / 2, 2 / 3, 1])
+    recall = np.mean([1 / 2, 1, 1 / 2])
+    f1 = np.mean([2 * p * r / (p + r) for p, r in [(1 / 2, 1 / 2), (2 / 3, 1), (1, 1 / 2)]])
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["macro_precision"] == pytest.approx(precision)
+    assert scores["macro_recall"] == pytest.approx(recall)
+    assert scores["macro_f1"] == pytest.approx(f1)
+    # a class never predicted nor present still counts (as zero) in the macro average
+    assert metrics.macro_scores(np.array([0, 1]), np.array([0, 1]), 3)["macro_recall"] == pytest.approx(2 / 3)
+
+
+def test_knn_loo_matches_sklearn_leave_one_out():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 1, (20, 2)), rng.normal(1.5, 1, (20, 2)), rng.normal(3, 1, (20, 2))])
+    labels = np.repeat([0, 1, 2], 20)
+    for k in (1, 4, 5):
+        pred = cross_val_predict(KNeighborsClassifier(n_neighbors=k), points, labels, cv=LeaveOneOut())
+        assert metrics.knn_accuracy_loo(points, labels, k) == pytest.approx(np.mean(pred == labels))
+
+
+def test_knn_loo_excludes_the_point_itself():
+    # points 0 and 1 coincide but differ in class: each must be judged by the other, never by itself,
+    # even where the neighbour search lists the duplicate before the point itself
+    points = np.array([[0.0, 0], [0, 0], [5, 5], [5, 5.1]])
+    labels = np.array([0, 1, 1, 1])
+    assert metrics.knn_accuracy_loo(points, labels, 1) == pytest.approx(2 / 4)
+    # by hand, k=3 on a line: 0 -> {1,2,3} = 1,0,0 -> 0 right; 1 -> {0,2,3} -> 0 wrong; 2 -> {1,3,0} ...
+    line = np.array([[0.0], [1], [2], [3], [10]])
+    line_labels = np.array([0, 1, 0, 0, 1])
+    # 0: {1,2,3} -> labels 1,0,0 -> 0 ok; 1: {0,2,3} -> 0 wrong; 2: {1,3,0} -> 1,0,0 -> 0 ok;
+    # 3: {2,1,0} -> 0,1,0 -> 0 ok; 4: {3,2,1} -> 0,0,1 -> 0 wrong
+    assert metrics.knn_accuracy_loo(line, line_labels, 3) == pytest.approx(3 / 5)
+
+
+def test_trustworthiness_is_sklearns_and_one_for_an_isometry():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 5))
+    y = x[:, :2]
+    assert metrics.trustworthiness_score(x, y, 5) == pytest.approx(trustworthiness(x, y, n_neighbors=5))
+    rotated = x[:, :2] @ np.array([[0.0, -1.0], [1.0, 0.0]]) * 3 + 7
+    assert metrics.trustworthiness_score(x[:, :2], rotated, 5) == pytest.approx(1.0)
+    # k is clamped below n/2 instead of failing
+    assert 0 < metrics.trustworthiness_score(x[:8], y[:8], 10) <= 1
+
+
+def test_silhouette_by_hand():
+    points = np.array([[0.0], [1.0], [5.0], [6.0]])
+    labels = np.array([0, 0, 1, 1])
+    # point 0: a = 1, b = mean(5, 6) = 5.5 -> s = 1 - 1/5.5; point 1: a = 1, b = 4.5; symmetric for class 1
+    expected = np.mean([1 - 1 / 5.5, 1 - 1 / 4.5, 1 - 1 / 4.5, 1 - 1 / 5.5])
+    assert metrics.silhouette(points, labels) == pytest.approx(expected)
+    assert metrics.silhouette(points, labels) == pytest.approx(silhouette_score(points, labels))
+    assert np.isnan(metrics.silhouette(points, np.zeros(4, int)))
+
+
+def test_ncc_accuracy_by_hand():
+    x_train = np.array([[0.0, 0], [2, 0], [10, 10], [12, 10]])  # centres (1, 0) and (11, 10)
+    y_train = np.array([0, 0, 1, 1])
+    x_test = np.array([[1.0, 1], [5, 4], [7, 6], [11, 11]])  # (5,4) is nearer centre 0, (7,6) nearer 1
+    y_test = np.array([0, 1, 1, 0])
+    assert metrics.ncc_accuracy(x_train, y_train, x_test, y_test, 2) == pytest.approx(2 / 4)
+
+
+def _nc1_direct(h, labels):
+    classes = np.unique(labels)
+    mu_g = h.mean(axis=0)
+    means = np.stack([h[labels == c].mean(axis=0) for c in classes])
+    s_w = np.mean([np.cov(h[labels == c].T, bias=True).reshape(h.shape[1], h.shape[1]) for c in classes], axis=0)
+    s_b = (means - mu_g).T @ (means - mu_g) / len(classes)
+    return np.trace(s_w @ np.linalg.pinv(s_b)) / len(classes)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 12])
+def test_nc1_matches_the_direct_formula(dim):
+    rng = np.random.default_rng(dim)
+    labels = np.repeat(np.arange(4), [10, 12, 9, 11])  # unbalanced on purpose
+    h = rng.normal(size=(len(labels), dim)) + rng.normal(scale=2, size=(4, dim))[labels]
+    assert metrics.nc1(h, labels, 4) == pytest.approx(_nc1_direct(h, labels), rel=1e-8)
+
+
+def test_nc1_is_zero_when_collapsed_and_large_when_overlapping():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 40)
+    means = rng.normal(scale=5, size=(5, 16))
+    assert metrics.nc1(means[labels], labels, 5) == pytest.approx(0, abs=1e-12)
+    separated = means[labels] + rng.normal(scale=0.1, size=(200, 16))
+    overlapping = rng.normal(size=(200, 16))  # every class from the same distribution
+    assert metrics.nc1(separated, labels, 5) < 0.01
+    assert metrics.nc1(overlapping, labels, 5) > 1  # ~ (C-1)/C * n_c in expectation; here about 9
+
+
+# ---- tables on tiny stores -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An image store, two feature stores, a baseline, predictions and t-SNE maps in the real formats."""
+    root = tmp_path_factory.mktemp("metrics")
+    rng = np.random.default_rng(0)
+    n_classes, per_class = 3, 16
+    labels = np.repeat(np.arange(n_classes), per_class)
+    templates = rng.integers(0, 256, size=(n_classes, 8, 8, 1))
+    noise = rng.integers(-40, 41, size=(len(labels), 8, 8, 1))
+    images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+    split = np.tile([0, 0, 1, 0], len(labels) // 4).astype(np.uint8)  # 36 train, 12 test
+    order = rng.permutation(len(labels))
+    images, labels, split = images[order], labels[order], split[order]
+    data = root / "data.zarr"
+    write_image_store(data, images, labels, split, ["a", "b", "c"])
+    index = np.arange(len(labels))
+    stores = {}
+    for extractor in ("scattering", "resnet18_finetuned"):
+        stores[extractor] = root / f"{extractor}.zarr"
+        with FeatureStoreWriter(stores[extractor], labels, split, index, {"extractor": extractor}) as writer:
+            for depth, layer in enumerate(EXTRACTOR_LAYERS[extractor]):
+                centres = rng.normal(scale=1 + depth, size=(n_classes, 4 + depth))
+                values = centres[labels] + rng.normal(size=(len(labels), 4 + depth))
+                writer.write(layer, 0, values[:20])
+                writer.write(layer, 20, values[20:])
+    baseline = root / "baseline.csv"
+    compute_baseline(data, baseline, root / "class_means.png", dataset="toy")
+    test_index = np.flatnonzero(split == 1)
+    pred = labels[test_index].copy()
+    pred[:3] = (pred[:3] + 1) % n_classes
+    prob = np.full((len(test_index), n_classes), 0.1)
+    prob[np.arange(len(test_index)), pred] = 0.8
+    predictions = root / "predictions.csv"
+    pd.DataFrame({"index": test_index, "label": labels[test_index], "pred": pred, "prob": 0.8, "loss": 0.2,
+                  **{f"prob_{c}": prob[:, c] for c in range(n_classes)}}).to_csv(predictions, index=False)
+    subset = test_index[:10]  # a t-SNE subset of the test split, in its own order
+    tsne = []
+    for extractor in stores:
+        for layer in EXTRACTOR_LAYERS[extractor]:
+            path = root / "tsne" / extractor / f"{layer}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            points = subset[::-1]
+            xy = rng.normal(size=(len(points), 2)) + labels[points, None] * 3
+            pd.DataFrame({"index": points, "x": xy[:, 0], "y": xy[:, 1],
+                          "label": labels[points]}).to_csv(path, index=False)
+            tsne.append(path)
+    return {"root": root, "data": data, "extractors": list(stores), "stores": list(stores.values()),
+            "baseline": baseline, "predictions": predictions, "tsne": tsne, "labels": labels, "split": split,
+            "pred": pred}
+
+
+def test_classifier_table_has_every_row_and_column(tiny_run):
+    r = tiny_run
+    csv, md = r["root"] / "out" / "classifiers.csv", r["root"] / "out" / "classifiers.md"
+    table = metrics.evaluate_classifiers(r["data"], r["extractors"], r["stores"], r["baseline"], r["predictions"],
+                                         csv, md, dataset="toy", settings=SETTINGS, seed=0, threads=1,
+                                         weights="random")
+    assert list(table.columns) == metrics.CLASSIFIER_COLUMNS
+    assert list(pd.read_csv(csv).columns) == metrics.CLASSIFIER_COLUMNS
+    sets = [("pixels", "pixels"), ("scattering", "scattering")] + [
+        ("resnet18_finetuned", layer) for layer in EXTRACTOR_LAYERS["resnet18_finetuned"]]
+    expected = {(f, layer, c) for f, layer in sets for c in SETTINGS["classifiers"]}
+    expected |= {("pixels", "pixels", "class_mean_l1"), ("pixels", "pixels", "class_mean_l2"),
+                 ("resnet18_finetuned", "output", "cnn")}
+    got = list(zip(table["features"], table["layer"], table["classifier"], strict=True))
+    assert len(got) == len(expected) and set(got) == expected
+    assert (table["dataset"] == "toy").all()
+    dims = dict(zip(zip(table["features"], table["layer"], strict=True), table["D"], strict=True))
+    assert dims[("pixels", "pixels")] == 64 and dims[("scattering", "scattering")] == 4
+    assert dims[("resnet18_finetuned", "softmax")] == 7 and dims[("resnet18_finetuned", "output")] == 3
+    scores = table[["accuracy", "macro_precision", "macro_recall", "macro_f1"]]
+    assert ((scores >= 0) & (scores <= 1)).all().all()
+    baseline = pd.read_csv(r["baseline"]).set_index("distance")["accuracy"]
+    for distance in ("l1", "l2"):
+        row = table[table["classifier"] == f"class_mean_{distance}"].iloc[0]
+        assert row["accuracy"] == pytest.approx(baseline[distance])
+    cnn = table[table["classifier"] == "cnn"].iloc[0]
+    assert cnn["accuracy"] == pytest.approx(9 / 12)
+    text = md.read_text()
+    assert "| features" in text and "class_mean_l1" in text and "ResNet-18 weights: random" in text
+
+
+def test_classifier_table_is_seeded_and_matches_sklearn(tiny_run):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from embedscope.store import load_features
+
+    r = tiny_run
+    args = (r["data"], r["extractors"][:1], r["stores"][:1])
+    first = metrics.classifier_table(*args, dataset="toy", settings=SETTINGS, seed=3, threads=1)
+    second = metrics.classifier_table(*args, dataset="toy", settings=SETTINGS, seed=3, threads=2)
+    pd.testing.assert_frame_equal(first.drop(columns="fit_seconds"), second.drop(columns="fit_seconds"))
+    train = load_features(r["stores"][0], "scattering", "train")
+    test = load_features(r["stores"][0], "scattering", "test")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=100, random_state=3))
+    accuracy = np.mean(model.fit(train.features, train.labels).predict(test.features) == test.labels)
+    row = first[(first["features"] == "scattering") & (first["classifier"] == "logreg")].iloc[0]
+    assert row["accuracy"] == pytest.approx(accuracy)
+
+
+def test_stale_baseline_and_bad_predictions_are_refused(tiny_run, tmp_path):
+    r = tiny_run
+    stale = tmp_path / "baseline.csv"
+    pd.read_csv(r["baseline"]).assign(accuracy=0.123).to_csv(stale, index=False)
+    with pytest.raises(ValueError, match="stale"):
+        metrics.classifier_table(r["data"], [], [], stale, settings={**SETTINGS, "classifiers": []})
+    bad = tmp_path / "predictions.csv"
+    pd.read_csv(r["predictions"]).iloc[1:].to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="predictions.csv"):
+        metrics.classifier_table(r["data"], [], [], None, bad, settings={**SETTINGS, "classifiers": []})
+
+
+def test_embedding_table_has_every_row_and_matches_direct_computation(tiny_run):
+    from embedscope.store import load_features
+
+    r = tiny_run
+    csv, md = r["root"] / "out" / "embedding_quality.csv", r["root"] / "out" / "embedding_quality.md"
+    table = metrics.evaluate_embeddings(r["extractors"], r["stores"], r["tsne"], csv, md, dataset="toy",
+                                        settings=SETTINGS)
+    assert list(table.columns) == metrics.EMBEDDING_COLUMNS
+    assert list(pd.read_csv(csv).columns) == metrics.EMBEDDING_COLUMNS
+    pairs = [(e, layer) for e in r["extractors"] for layer in EXTRACTOR_LAYERS[e]]
+    assert list(zip(table["extractor"], table["layer"], strict=True)) == pairs
+    assert (table["n"] == 10).all()
+    row = table[table["layer"] == "head_pool"].iloc[0]
+    tsne = pd.read_csv(r["tsne"][pairs.index(("resnet18_finetuned", "head_pool"))])
+    store = r["stores"][1]
+    test = load_features(store, "head_pool", "test")
+    feats = test.features[[list(test.index).index(i) for i in tsne["index"]]]
+    xy = tsne[["x", "y"]].to_numpy()
+    assert row["D"] == 5
+    assert row["trustworthiness"] == pytest.approx(trustworthiness(feats, xy, n_neighbors=3))
+    assert row["silhouette_features"] == pytest.approx(silhouette_score(feats, tsne["label"]))
+    assert row["silhouette_2d"] == pytest.approx(silhouette_score(xy, tsne["label"]))
+    pred = cross_val_predict(KNeighborsClassifier(3), xy, tsne["label"], cv=LeaveOneOut())
+    assert row["knn_accuracy_2d"] == pytest.approx(np.mean(pred == tsne["label"]))
+    train = load_features(store, "head_pool", "train")
+    assert row["nc1"] == pytest.approx(_nc1_direct(train.features.astype(np.float64), train.labels))
+    assert "leave-one-out" in md.read_text()
+
+
+def test_tsne_points_outside_the_test_split_are_refused(tiny_run, tmp_path):
+    r = tiny_run
+    bad = tmp_path / "scattering.csv"
+    train_index = np.flatnonzero(r["split"] == 0)[:5]
+    pd.DataFrame({"index": train_index, "x": 0.0, "y": 0.0, "label": r["labels"][train_index]}).to_csv(bad)
+    with pytest.raises(ValueError, match="not in the test split"):
+        metrics.embedding_table(["scattering"], r["stores"][:1], [bad], settings=SETTINGS)
+
+
+def test_plot_metrics_writes_both_figures(tiny_run):
+    r = tiny_run
+    out = r["root"] / "out"
+    if not (out / "classifiers.csv").exists() or not (out / "embedding_quality.csv").exists():
+        pytest.skip("needs the two table tests first")
+    accuracy, depth = out / "metrics" / "accuracy_by_layer.png", out / "metrics" / "depth.png"
+    metrics.plot_metrics(out / "classifiers.csv", out / "embedding_quality.csv", accuracy, depth, dataset="toy",
+                         dpi=50, weights="random")
+    for path in (accuracy, depth):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
