@@ -66,7 +66,13 @@ def start_job(snakemake, seed: int | None = None, deterministic: bool | None = N
     config = snakemake.config
     threads = getattr(snakemake, "threads", 1)
     set_threads(threads)
-    device = resolve_device(str(getattr(params, "device", None) or config.get("device", "auto")))
+    requested = str(getattr(params, "device", None) or config.get("device", "auto"))
+    if requested != "cpu":
+        # A job with the `gpu` resource gets its own device(s) before torch initialises CUDA (embedscope.gpus).
+        from embedscope.gpus import acquire_gpu, job_gpus
+
+        acquire_gpu(job_gpus(snakemake))
+    device = resolve_device(requested)
     seed = config.get("seed", 0) if seed is None else seed
     deterministic = config.get("deterministic", True) if deterministic is None else deterministic
     seed_everything(int(seed), bool(deterministic), device)
