@@ -1,4 +1,4 @@
-# Helpers shared by every rule file: config validation, wildcard values, target lists. No rules here.
+# Helpers shared by all rule files (config validation, wildcard values, target lists); no rules here.
 
 import sys
 from pathlib import Path

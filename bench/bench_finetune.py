@@ -1,0 +1,90 @@
+"""Fine-tuning throughput: images/s of a stage-1 step, a stage-2 step and inference (feature extraction).
+
+Runs ResNet-18 + the report's head at 28x28 (embedded MNIST size), batch 128, on this CPU (all torch threads),
+and on CUDA too when torch.cuda.is_available() (with mixed precision, as the workflow trains there).
+Prints a table and writes results/benchmarks/bench_finetune.csv.
+
+    .venv/bin/python bench/bench_finetune.py [--steps 8] [--size 28] [--batch 128]
+"""
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedscope import finetune as ft
+
+
+def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float:
+    amp = device == "cuda"
+    model = ft.FinetunedResNet18(10).to(device)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(batch * (steps + 2), size, size, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=len(images))
+    loader = ft.BatchLoader(images, labels, batch, shuffle=stage > 0, drop_last=True)
+    criterion = nn.CrossEntropyLoss()
+    if stage == 0:  # inference, as extract_finetuned_features runs it
+        model.eval()
+        batches = list(loader)
+        with torch.inference_mode():
+            for i, (x, _) in enumerate(batches):
+                if i == 2:
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                model.embeddings(x.to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return batch * steps / (time.perf_counter() - start)
+    recipe = ft.recipe_from_config({"stage2_lr_min": 1e-4, "stage2_lr_max": 1e-3})
+    ft.freeze_body(model, frozen=stage == 1)
+    lrs = ft.stage_lrs(recipe, stage)
+    optimizer = ft.make_optimizer(model, recipe, lrs)
+    scheduler = ft.one_cycle(optimizer, recipe, lrs, steps + 2)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    times = []
+    last = [time.perf_counter()]
+
+    def on_step(loss, lrs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    ft.train_one_epoch(model, criterion, optimizer, loader, device, 0, scheduler, scaler, on_step, amp, "bench")
+    return batch * steps / sum(times[2:])  # the first two steps warm up
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for stage, name in ((1, "stage 1 (head + body BN)"), (2, "stage 2 (all)"), (0, "inference")):
+            rate = measure(device, stage, args.steps, args.size, args.batch)
+            rows.append({"device": device, "threads": torch.get_num_threads(), "phase": name, "size": args.size,
+                         "batch": args.batch, "images_per_s": round(rate, 1)})
+    print(f"{'device':<7}{'threads':>8}  {'phase':<26}{'size':>5}{'batch':>6}{'images/s':>10}")
+    for r in rows:
+        print(f"{r['device']:<7}{r['threads']:>8}  {r['phase']:<26}{r['size']:>5}{r['batch']:>6}"
+              f"{r['images_per_s']:>10.1f}")
+    out = Path("results/benchmarks/bench_finetune.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
