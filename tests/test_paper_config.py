@@ -1,0 +1,126 @@
+"""The full-study config (config/paper.yaml): valid against the schema, and its whole DAG dry-runs offline."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from embedscope.configcheck import check_config
+from embedscope.download import config_downloads
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "config" / "paper.yaml"
+SCHEMA = REPO / "schemas" / "config.schema.yaml"
+COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", "venv", ".git", "results", "resources", ".snakemake", "__pycache__", "tests", "*.egg-info",
+    ".pytest_cache", ".ruff_cache", "bench",
+)
+
+
+def _paper_config():
+    config = yaml.safe_load(PAPER.read_text())
+    validate(config, str(SCHEMA))  # fills in the defaults, as the workflow does
+    return config
+
+
+def test_paper_config_validates_with_the_reports_values():
+    config = _paper_config()
+    check_config(config)
+    mnist, cifar = config["datasets"]["mnist"], config["datasets"]["cifar10"]
+    assert (mnist["source"], mnist["name"], cifar["source"], cifar["name"]) == (
+        "torchvision", "MNIST", "torchvision", "CIFAR10")
+    assert mnist["n_train"] is mnist["n_test"] is cifar["n_train"] is cifar["n_test"] is None  # 60k/10k, 50k/10k
+    assert mnist["max_points"] is None and cifar["max_points"] == 3200
+    assert mnist["activation_image"] == 4421
+    assert config["extractors"] == ["scattering", "resnet18", "resnet18_finetuned"]
+    assert config["resnet18"]["weights"] == "imagenet" and config["resnet18"]["resize"] is None
+    assert config["device"] == "auto" and config["tsne"]["perplexity"] == 15
+    finetune = config["finetune"]
+    assert (finetune["stage2_lr_min"], finetune["stage2_lr_max"]) == (1e-6, 1e-4)
+    assert (finetune["stage1_epochs"], finetune["stage2_epochs"], finetune["batch_size"]) == (4, 5, 128)
+    # the recipe is the schema's default recipe
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for key, value in finetune.items():
+        assert value == schema["properties"]["finetune"]["properties"][key]["default"], key
+
+
+def test_paper_config_downloads():
+    assert config_downloads(_paper_config()) == [
+        "resources/datasets/MNIST/raw/train-images-idx3-ubyte.gz",
+        "resources/datasets/MNIST/raw/train-labels-idx1-ubyte.gz",
+        "resources/datasets/MNIST/raw/t10k-images-idx3-ubyte.gz",
+        "resources/datasets/MNIST/raw/t10k-labels-idx1-ubyte.gz",
+        "resources/datasets/cifar-10-python.tar.gz",
+        "resources/weights/resnet18-f37072fd.pth",
+    ]
+    config = copy.deepcopy(_paper_config())
+    config["resnet18"]["weights"] = "random"
+    config["datasets"]["mnist"]["root"] = "/data/mnist"
+    config["extractors"] = ["scattering", "resnet18"]
+    assert config_downloads(config) == ["resources/datasets/cifar-10-python.tar.gz"]  # own root: not ours
+    config["resnet18"]["weights"] = "/models/r18.pth"
+    assert config_downloads(config)[-1] == "/models/r18.pth"
+    config["extractors"] = ["scattering"]
+    assert config_downloads(config) == ["resources/datasets/cifar-10-python.tar.gz"]
+
+
+def _offline(cmd):
+    """Run without any network namespace access when unprivileged namespaces are available."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-rn", *cmd]
+    return cmd
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    table = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.mark.e2e
+def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
+    missing = [f"rules/{m}" for m in re.findall(r'include: "rules/(\w+\.smk)"', (REPO / "Snakefile").read_text())
+               if not (REPO / "rules" / m).is_file()]
+    if missing:
+        pytest.skip(f"rule files not written yet: {missing}")
+    work = tmp_path / "repo"
+    shutil.copytree(REPO, work, ignore=COPY_IGNORE)
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run(
+        _offline([snakemake, "-n", "--cores", "1", "--configfile", "config/paper.yaml"]),
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert not (work / "resources").exists() and not (work / "results").exists()  # a dry run needs no files
+    counts = _job_counts(output)
+    assert counts["download_dataset"] == 5 and counts["download_weights"] == 1, counts
+    assert counts["ingest_dataset"] >= 2 and counts["extract_features"] >= 4, counts
+    for path in (
+        "resources/datasets/MNIST/raw/train-images-idx3-ubyte.gz",
+        "resources/datasets/cifar-10-python.tar.gz",
+        "results/data/mnist.zarr",
+        "results/data/cifar10.zarr",
+        "results/features/cifar10/resnet18_finetuned.zarr",
+        "results/tsne/mnist/resnet18/layer4.csv",
+        "results/tsne/cifar10/scattering/scattering.csv",
+        "results/figures/mnist/activations/resnet18/conv1.png",
+        "results/metrics/cifar10/classifiers.csv",
+        "results/explorer/cifar10.html",
+    ):
+        assert path in output, path
+
+    proc = subprocess.run(
+        _offline([snakemake, "-n", "download", "--cores", "1", "--configfile", "config/paper.yaml"]),
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    counts = _job_counts(proc.stdout + proc.stderr)
+    assert counts == {"download_dataset": 5, "download_weights": 1, "download": 1, "total": 7}, counts

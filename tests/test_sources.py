@@ -1,0 +1,241 @@
+"""Readers of torchvision's raw files (generated in the real formats) and of image folders."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedscope.sources import SourceError, read_idx, read_imagefolder, read_torchvision
+from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_mnist_raw
+
+# ---- MNIST IDX --------------------------------------------------------------------------------------------
+
+
+def _write_idx_by_hand(path, array):
+    """IDX written byte by byte from the format's description, independent of embedscope.synthetic."""
+    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(head + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_known_pixels(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train_x = np.arange(3 * 28 * 28, dtype=np.int64).reshape(3, 28, 28) % 251
+    test_x = np.full((2, 28, 28), 7)
+    _write_idx_by_hand(raw / "train-images-idx3-ubyte.gz", train_x)
+    _write_idx_by_hand(raw / "train-labels-idx1-ubyte.gz", np.array([5, 0, 9]))
+    _write_idx_by_hand(raw / "t10k-images-idx3-ubyte.gz", test_x)
+    _write_idx_by_hand(raw / "t10k-labels-idx1-ubyte.gz", np.array([1, 2]))
+
+    images, labels, split, names, attrs = read_torchvision("MNIST", tmp_path)
+    assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[:3, ..., 0], train_x)
+    np.testing.assert_array_equal(images[3:, ..., 0], test_x)
+    np.testing.assert_array_equal(labels, [5, 0, 9, 1, 2])
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(split, [0, 0, 0, 1, 1])
+    assert split.dtype == np.uint8
+    assert names == [str(d) for d in range(10)]
+    assert len(attrs["input_sha256"]) == 64
+    assert attrs["input_files"][0] == "MNIST/raw/train-images-idx3-ubyte.gz"
+
+
+def test_mnist_generated_and_checksum_changes(tmp_path):
+    write_mnist_raw(tmp_path, n_train=60, n_test=20)
+    images, labels, split, _, attrs = read_torchvision("MNIST", tmp_path)
+    assert images.shape == (80, 28, 28, 1)
+    assert (split == 0).sum() == 60 and (split == 1).sum() == 20
+    assert set(labels.tolist()) == set(range(10))
+    again = read_torchvision("MNIST", tmp_path)[4]
+    assert again["input_sha256"] == attrs["input_sha256"]
+    write_mnist_raw(tmp_path, n_train=60, n_test=20, seed=1)
+    assert read_torchvision("MNIST", tmp_path)[4]["input_sha256"] != attrs["input_sha256"]
+
+
+def test_mnist_truncated_and_missing_files_are_named(tmp_path):
+    write_mnist_raw(tmp_path, n_train=10, n_test=10)
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[:-100]))
+    with pytest.raises(SourceError, match="t10k-images-idx3-ubyte.gz.*truncated"):
+        read_torchvision("MNIST", tmp_path)
+    path.unlink()
+    with pytest.raises(SourceError, match="t10k-images-idx3-ubyte"):
+        read_torchvision("MNIST", tmp_path)
+    with pytest.raises(SourceError, match="MNIST/raw not found"):
+        read_torchvision("MNIST", tmp_path / "elsewhere")
+
+
+def test_idx_wrong_type_byte(tmp_path):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 0x0D, 1]) + struct.pack(">i", 1) + b"\0\0\0\0")
+    with pytest.raises(SourceError, match="expected unsigned bytes"):
+        read_idx(path, 1)
+
+
+# ---- CIFAR-10 pickle batches --------------------------------------------------------------------------------
+
+
+def _cifar_batch_by_hand(path, data, labels):
+    with open(path, "wb") as fh:
+        pickle.dump({b"batch_label": b"x", b"labels": list(labels), b"data": data}, fh, protocol=2)
+
+
+def test_cifar10_known_layout(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, 2)
+        _cifar_batch_by_hand(folder / name, data, labels)
+        batches[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}, fh, protocol=2)
+
+    images, labels, split, names, attrs = read_torchvision("CIFAR10", tmp_path)
+    assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+    assert names == CIFAR10_CLASSES
+    np.testing.assert_array_equal(split, [0] * 10 + [1] * 2)
+    data, lab = batches["data_batch_1"]
+    # row layout: 1024 red, 1024 green, 1024 blue values, each row-major 32x32
+    assert images[0, 0, 0, 0] == data[0, 0] and images[0, 0, 0, 1] == data[0, 1024]
+    assert images[0, 0, 0, 2] == data[0, 2048] and images[0, 1, 2, 0] == data[0, 32 + 2]
+    np.testing.assert_array_equal(labels[:2], lab)
+    np.testing.assert_array_equal(labels[10:], batches["test_batch"][1])
+    assert attrs["input_files"][0] == "cifar-10-batches-py/data_batch_1"
+
+
+def test_cifar10_archive_equals_folder(tmp_path):
+    folder = write_cifar10_raw(tmp_path / "a", n_train=50, n_test=10, archive=True)
+    from_archive = read_torchvision("CIFAR10", tmp_path / "a")
+    assert from_archive[4]["input_files"] == ["cifar-10-python.tar.gz"]
+    (tmp_path / "a" / "cifar-10-python.tar.gz").unlink()
+    from_folder = read_torchvision("CIFAR10", tmp_path / "a")
+    for a, b in zip(from_archive[:3], from_folder[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert from_archive[0].shape == (60, 32, 32, 3)
+    (folder / "test_batch").unlink()
+    with pytest.raises(SourceError, match="test_batch"):
+        read_torchvision("CIFAR10", tmp_path / "a")
+
+
+def test_cifar10_bad_batch_named(tmp_path):
+    folder = write_cifar10_raw(tmp_path, n_train=10, n_test=5)
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, fh, protocol=2)
+    with pytest.raises(SourceError, match="data_batch_3.*3072"):
+        read_torchvision("CIFAR10", tmp_path)
+    with pytest.raises(SourceError, match="expected MNIST or CIFAR10"):
+        read_torchvision("SVHN", tmp_path)
+
+
+# ---- imagefolder -------------------------------------------------------------------------------------------
+
+
+def _png(path, value, size=(8, 6), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    if mode == "L":
+        arr = np.full((h, w), value, np.uint8)
+    else:
+        arr = np.zeros((h, w, 3), np.uint8)
+        arr[..., 0] = value
+        arr[..., 2] = 255 - value
+    Image.fromarray(arr, mode=mode).save(path)
+
+
+def test_imagefolder_flat_gray(tmp_path):
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", value + i)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    images, labels, split, names, attrs = read_imagefolder(tmp_path, None, "error")
+    assert split is None
+    assert names == ["cat", "dog"]
+    assert images.shape == (6, 8, 6, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(images[:, 0, 0, 0], [10, 11, 12, 200, 201, 202])
+    assert attrs["channels"] == 1 and attrs["layout"] == "classes" and attrs["skipped_images"] == 0
+    assert attrs["input_sha256"] == read_imagefolder(tmp_path)[4]["input_sha256"]
+
+
+def test_imagefolder_train_test_rgb_mixed_with_gray_and_resized(tmp_path):
+    for part, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            _png(tmp_path / part / "b_red" / f"{i}.png", 250, size=(10, 12), mode="RGB")
+            _png(tmp_path / part / "a_gray" / f"{i}.jpg", 100, size=(20, 24))
+    images, labels, split, names, attrs = read_imagefolder(tmp_path, [5, 6], "error")
+    assert names == ["a_gray", "b_red"]
+    assert images.shape == (10, 5, 6, 3)
+    np.testing.assert_array_equal(split, [0] * 6 + [1] * 4)
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1, 0, 0, 1, 1])
+    gray = images[labels == 0]
+    assert np.all(gray[..., 0] == gray[..., 1]) and np.all(np.abs(gray.astype(int) - 100) <= 3)
+    red = images[labels == 1]
+    assert np.all(red[..., 0] == 250) and np.all(red[..., 2] == 5)
+    assert attrs["channels"] == 3 and attrs["resized"] and attrs["original_sizes"] == {"10x12": 5, "20x24": 5}
+
+
+def test_imagefolder_mixed_sizes_without_resize_lists_files(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "a" / f"{i}.png", 1)
+    _png(tmp_path / "b" / "big.png", 1, size=(9, 9))
+    _png(tmp_path / "b" / "ok.png", 1)
+    with pytest.raises(SourceError, match=r"(?s)different sizes.*image_size.*big\.png \(9x9\)") as err:
+        read_imagefolder(tmp_path)
+    assert "ok.png" not in str(err.value)
+    assert read_imagefolder(tmp_path, [4, 4])[0].shape == (5, 4, 4, 1)
+
+
+def test_imagefolder_empty_class_folder_named(tmp_path):
+    _png(tmp_path / "a" / "0.png", 1)
+    (tmp_path / "empty_one").mkdir()
+    (tmp_path / "empty_one" / "readme.txt").write_text("x")
+    with pytest.raises(SourceError, match="empty class folder.*\n.*empty_one"):
+        read_imagefolder(tmp_path)
+
+
+def test_imagefolder_unreadable_image_error_or_skip(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "a" / f"{i}.png", 1)
+        _png(tmp_path / "b" / f"{i}.png", 2)
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "a" / "zero.jpg").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"(?s)2 unreadable image.*on_bad_image: skip.*a/zero\.jpg.*b/broken\.png"):
+        read_imagefolder(tmp_path, None, "error")
+    images, labels, _, _, attrs = read_imagefolder(tmp_path, None, "skip")
+    assert len(images) == 6 and attrs["skipped_images"] == 2
+    assert attrs["skipped_files"] == ["a/zero.jpg", "b/broken.png"]
+    assert attrs["n_files"] == 8
+
+
+def test_imagefolder_skip_that_empties_a_class_is_an_error(tmp_path):
+    _png(tmp_path / "a" / "0.png", 1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"junk")
+    with pytest.raises(SourceError, match="no readable image left.*\n.*b"):
+        read_imagefolder(tmp_path, None, "skip")
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    with pytest.raises(SourceError, match="not a folder"):
+        read_imagefolder(tmp_path / "nope")
+    _png(tmp_path / "loose.png", 1)
+    with pytest.raises(SourceError, match=r"no class folders \(1 images lie directly"):
+        read_imagefolder(tmp_path)
+    _png(tmp_path / "train" / "a" / "0.png", 1)
+    with pytest.raises(SourceError, match="train/ but no test/"):
+        read_imagefolder(tmp_path)
+    _png(tmp_path / "test" / "b" / "0.png", 1)
+    with pytest.raises(SourceError, match=r"only in train: \['a'\], only in test: \['b'\]"):
+        read_imagefolder(tmp_path)
+    with pytest.raises(SourceError, match="on_bad_image"):
+        read_imagefolder(tmp_path, None, "ignore")
