@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The default quick study, unless a config file is given (`--configfile config/paper.yaml` replaces it
+# rather than merging into it, so the full study does not also run mnist5k).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYERS  # noqa: E402
 from embedscope.configcheck import check_config  # noqa: E402
+from embedscope.download import staged_paths  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_config(config)
@@ -64,20 +65,17 @@ def store_path(dataset, extractor):
     return f"results/features/{dataset}/{extractor}.zarr"
 
 
-TORCHVISION_FILES = {
-    "MNIST": [
-        "MNIST/raw/train-images-idx3-ubyte.gz",
-        "MNIST/raw/train-labels-idx1-ubyte.gz",
-        "MNIST/raw/t10k-images-idx3-ubyte.gz",
-        "MNIST/raw/t10k-labels-idx1-ubyte.gz",
-    ],
-    "CIFAR10": ["cifar-10-python.tar.gz"],
-}
-
-
 def torchvision_files(name, root="resources/datasets"):
     """The raw files torchvision keeps for a dataset: what `snakemake download` stages."""
-    return [f"{root}/{path}" for path in TORCHVISION_FILES[name]]
+    return staged_paths(name, root)
+
+
+def ingest_inputs(wildcards):
+    """Staged raw files of a torchvision dataset (fetched by the local download rules), else nothing."""
+    settings = dataset_settings(wildcards.dataset)
+    if settings["source"] == "torchvision" and not settings.get("root"):
+        return torchvision_files(settings["name"])
+    return []
 
 
 def activation_image(dataset):

@@ -1,14 +1,6 @@
 # Dataset ingest: any configured source -> results/data/{dataset}.zarr (images, labels, split, class names).
 
 
-def ingest_inputs(wildcards):
-    """Staged raw files of a torchvision dataset (fetched by the local download rules), else nothing."""
-    settings = dataset_settings(wildcards.dataset)
-    if settings["source"] == "torchvision" and not settings.get("root"):
-        return torchvision_files(settings["name"])
-    return []
-
-
 rule ingest_dataset:
     input:
         ingest_inputs,
