@@ -1,0 +1,603 @@
+"""Every figure of the report as a PNG of fixed size: t-SNE maps, thumbnail maps, activation grids, training.
+
+Conventions: matplotlib's object API (``matplotlib.figure.Figure``, Agg; no pyplot state), a fixed figure size
+and dpi (so the pixel size is known in advance), no ``bbox_inches="tight"``, and no metadata that changes
+between runs (``metadata={"Software": None}``), so the same inputs give the same pixels. Each ``draw_*``
+function takes arrays and returns a Figure; each ``plot_*`` function reads the workflow's files, draws and
+writes the PNG atomically (temporary sibling + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+MISCLASSIFIED_RGB = (255, 0, 0)
+GROUP_NAMES = {1: ("all",), 2: ("body", "head"), 3: ("body front", "body back", "head")}
+
+
+# ---------------------------------------------------------------------------------------------- common
+
+
+def class_colors(n_classes: int) -> np.ndarray:
+    """(C, 3) float RGB in 0..1: tab10 up to 10 classes, tab20 up to 20, evenly spaced hues beyond."""
+    if n_classes <= 10:
+        cmap, values = matplotlib.colormaps["tab10"], np.arange(n_classes)
+    elif n_classes <= 20:
+        cmap, values = matplotlib.colormaps["tab20"], np.arange(n_classes)
+    else:
+        cmap, values = matplotlib.colormaps["hsv"], np.linspace(0, 1, n_classes, endpoint=False)
+    return np.asarray([cmap(v)[:3] for v in values], dtype=np.float64)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
+    """Write ``fig`` as PNG at ``dpi``, atomically, without run-dependent metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def weights_label(extractor: str, weights: str | None) -> str:
+    if extractor == "scattering":
+        return "none (wavelet scattering)"
+    weights = weights or "?"
+    if extractor == "resnet18_finetuned" and "fine-tuned" not in weights:
+        return f"{weights}, fine-tuned"
+    return weights
+
+
+def _settings(meta: Mapping[str, Any]) -> str:
+    perplexity = meta.get("perplexity")
+    return f"{meta.get('method', 't-SNE')} perplexity {perplexity:g}" if perplexity is not None else "t-SNE"
+
+
+def tsne_title(dataset: str, extractor: str, layer: str, meta: Mapping[str, Any]) -> str:
+    dim, used = meta.get("dim", "?"), meta.get("dim_tsne_input")
+    dims = f"D={dim}" + (f" (PCA to {used})" if used is not None and used != dim else "")
+    return (
+        f"{dataset} · {extractor} · {layer}\n"
+        f"weights: {weights_label(extractor, meta.get('weights'))} · N={meta.get('n', '?')} test images · {dims} · "
+        f"{_settings(meta)}"
+    )
+
+
+def class_names_or_ids(class_names: Sequence[str] | None, labels: np.ndarray) -> list[str]:
+    n_classes = int(max(int(np.max(labels)) + 1 if len(labels) else 0, len(class_names or [])))
+    names = list(class_names or [])
+    return names + [str(c) for c in range(len(names), n_classes)]
+
+
+def read_tsne(path: str | os.PathLike) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    missing = {"index", "x", "y", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(f"t-SNE file {path} lacks columns {sorted(missing)} "
+                         "(expected index, x, y, label[, pred, prob])")
+    return table
+
+
+def read_meta(path: str | os.PathLike | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"t-SNE metadata {path} is not readable JSON: {exc}") from exc
+
+
+def read_images(image_store: str | os.PathLike, sample_index: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Images (n,H,W,C) uint8 of the given sample indices, and the store's class names."""
+    from embedscope.store import open_complete
+
+    group = open_complete(image_store)
+    images = group["images"]
+    sample_index = np.asarray(sample_index, dtype=np.int64)
+    if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= images.shape[0]):
+        raise ValueError(f"sample index {int(sample_index.max())} is outside image store {image_store} "
+                         f"({images.shape[0]} images)")
+    order = np.argsort(sample_index, kind="stable")
+    rest = (slice(None),) * (images.ndim - 1)
+    taken = np.asarray(images.oindex[(sample_index[order], *rest)]) if len(sample_index) else np.zeros(
+        (0, *images.shape[1:]), dtype=np.uint8)
+    out = np.empty_like(taken)
+    out[order] = taken
+    return out, [str(c) for c in group.attrs["class_names"]]
+
+
+def pick_test_image(image_store: str | os.PathLike, position: int, key: str = "figures.activation_image"):
+    """(image HWC uint8, sample index, label, class names) of test-split position ``position``."""
+    from embedscope.store import open_complete, split_code
+
+    group = open_complete(image_store)
+    test = np.flatnonzero(group["split"][...] == split_code("test"))
+    if not 0 <= position < len(test):
+        raise ValueError(f"config key {key} = {position} is not an index into the {len(test)} test images of "
+                         f"{image_store}")
+    sample = int(test[position])
+    return (np.asarray(group["images"][sample]), sample, int(group["labels"][sample]),
+            [str(c) for c in group.attrs["class_names"]])
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------------------------- t-SNE
+
+
+def _scatter_classes(ax, table: pd.DataFrame, colors: np.ndarray, size: float) -> None:
+    for cls in range(len(colors)):
+        rows = table[table["label"] == cls]
+        if len(rows):
+            ax.scatter(rows["x"], rows["y"], s=size, color=colors[cls], alpha=0.75, linewidths=0, rasterized=False)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _class_handles(names: Sequence[str], colors: np.ndarray, marker: bool = True) -> list:
+    if marker:
+        return [Line2D([], [], marker="o", linestyle="", markersize=8, color=colors[i], label=name)
+                for i, name in enumerate(names)]
+    return [Patch(facecolor=colors[i], label=name) for i, name in enumerate(names)]
+
+
+def marker_size(n: int) -> float:
+    return float(np.clip(20000.0 / max(n, 1), 2.0, 30.0))
+
+
+def draw_tsne(table: pd.DataFrame, class_names: Sequence[str], title: str) -> Figure:
+    """Scatter of the 2-D map coloured by true label, class legend outside the axes (report Figs. 2-6, 15-17)."""
+    names = class_names_or_ids(class_names, table["label"].to_numpy())
+    colors = class_colors(len(names))
+    fig = Figure(figsize=(11, 9), layout="constrained")
+    ax = fig.add_subplot()
+    _scatter_classes(ax, table, colors, marker_size(len(table)))
+    fig.legend(handles=_class_handles(names, colors), loc="outside right center", title="true label",
+               frameon=False, fontsize=11)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_tsne(tsne_csv, meta_json, output, *, dataset: str, extractor: str, layer: str, dpi: int = 100) -> None:
+    table, meta = read_tsne(tsne_csv), read_meta(meta_json)
+    fig = draw_tsne(table, meta.get("class_names"), tsne_title(dataset, extractor, layer, meta))
+    save_figure(fig, output, dpi)
+
+
+def draw_tsne_layers(tables: Sequence[pd.DataFrame], layers: Sequence[str], dims: Sequence[Any],
+                     class_names: Sequence[str], title: str) -> Figure:
+    """All layers of one extractor side by side (at most four per row), one shared class legend."""
+    labels = np.concatenate([t["label"].to_numpy() for t in tables])
+    names = class_names_or_ids(class_names, labels)
+    colors = class_colors(len(names))
+    ncols = min(4, len(tables))
+    nrows = math.ceil(len(tables) / ncols)
+    fig = Figure(figsize=(4.2 * ncols + 2.2, 4.2 * nrows + 1.2), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(tables):]:
+        ax.set_axis_off()
+    for ax, table, layer, dim in zip(axes.flat, tables, layers, dims, strict=False):
+        _scatter_classes(ax, table, colors, marker_size(len(table)) / 2)
+        ax.set_title(f"{layer} (D={dim})", fontsize=11)
+    fig.legend(handles=_class_handles(names, colors), loc="outside right center", title="true label",
+               frameon=False, fontsize=10)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_tsne_layers(tsne_csvs: Sequence, meta_jsons: Sequence, output, *, dataset: str, extractor: str,
+                     layers: Sequence[str], dpi: int = 100) -> None:
+    if not (len(tsne_csvs) == len(meta_jsons) == len(layers)):
+        raise ValueError("plot_tsne_layers needs one t-SNE csv and one metadata file per layer")
+    tables = [read_tsne(p) for p in tsne_csvs]
+    metas = [read_meta(p) for p in meta_jsons]
+    meta = metas[0] if metas else {}
+    title = (f"{dataset} · {extractor} · all layers, shallow to deep\n"
+             f"weights: {weights_label(extractor, meta.get('weights'))} · N={meta.get('n', '?')} test images · "
+             f"{_settings(meta)}")
+    fig = draw_tsne_layers(tables, layers, [m.get("dim", "?") for m in metas], meta.get("class_names"), title)
+    save_figure(fig, output, dpi)
+
+
+def make_thumbnails(images: np.ndarray, labels: np.ndarray, colors: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8 thumbnails. Grayscale images become strokes in their class colour on white
+    (so overlapping digits stay visible under darken-compositing); colour images keep their colours."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    n = len(images)
+    gray = images.shape[-1] == 1
+    small = np.empty((n, size, size, images.shape[-1]), dtype=np.uint8)
+    for i in range(n):
+        im = Image.fromarray(images[i, ..., 0] if gray else images[i])
+        resized = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR))
+        small[i] = resized[..., None] if gray else resized
+    if not gray:
+        return small
+    ink = small.astype(np.float32) / 255.0  # (n, s, s, 1)
+    color = (colors[labels] * 255.0).astype(np.float32)[:, None, None, :]  # (n, 1, 1, 3)
+    return np.round(255.0 - ink * (255.0 - color)).astype(np.uint8)
+
+
+def compose_thumbnail_canvas(coords: np.ndarray, thumbs: np.ndarray, canvas_px: int,
+                             frame: np.ndarray | None = None, frame_rgb=MISCLASSIFIED_RGB,
+                             darken: bool = True, pad: int = 4, border_rgb: np.ndarray | None = None) -> np.ndarray:
+    """Draw every thumbnail at its 2-D position onto ONE (canvas_px, canvas_px, 3) uint8 canvas.
+
+    x/y share one scale (equal aspect), y points up. ``darken`` composes with the pixel-wise minimum (for
+    ink-on-white thumbnails); otherwise later thumbnails cover earlier ones. ``frame`` (bool, n) marks the
+    points framed in ``frame_rgb`` (drawn last, on top); ``border_rgb`` (n, 3) gives the others a 1-px border.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    n, t = len(thumbs), thumbs.shape[1]
+    canvas = np.full((canvas_px, canvas_px, 3), 255, dtype=np.uint8)
+    if n == 0:
+        return canvas
+    lo, hi = coords.min(0), coords.max(0)
+    span = np.maximum(hi - lo, 1e-12)
+    room = canvas_px - 2 * pad - t
+    if room < 1:
+        raise ValueError(f"canvas of {canvas_px} px is too small for {t}-px thumbnails")
+    scale = room / span.max()
+    offset = pad + (room - span * scale) / 2.0
+    cols = np.round(offset[0] + (coords[:, 0] - lo[0]) * scale).astype(np.int64)
+    rows = np.round(offset[1] + (hi[1] - coords[:, 1]) * scale).astype(np.int64)
+    framed = np.zeros(n, dtype=bool) if frame is None else np.asarray(frame, dtype=bool)
+    order = np.concatenate([np.flatnonzero(~framed), np.flatnonzero(framed)])
+    for i in order:
+        r, c = rows[i], cols[i]
+        tile = thumbs[i]
+        if framed[i] or border_rgb is not None:
+            tile = tile.copy()
+            rgb = frame_rgb if framed[i] else (np.asarray(border_rgb[i]) * 255).astype(np.uint8)
+            width = 2 if framed[i] else 1
+            tile[:width], tile[-width:], tile[:, :width], tile[:, -width:] = rgb, rgb, rgb, rgb
+        target = canvas[r : r + t, c : c + t]
+        if darken and not framed[i]:
+            np.minimum(target, tile, out=target)
+        else:
+            target[...] = tile
+    return canvas
+
+
+def thumbnail_canvas_px(n: int, thumbnail_size: int) -> int:
+    """Canvas side: grows with sqrt(n) so density stays readable; between 600 and 4,000 px."""
+    return int(np.clip(round(thumbnail_size * math.sqrt(max(n, 1)) * 1.6), 600, 4000))
+
+
+def draw_tsne_thumbs(table: pd.DataFrame, images: np.ndarray, class_names: Sequence[str], title: str,
+                     thumbnail_size: int = 20, dpi: int = 100) -> Figure:
+    """Each point drawn as its own image (report Figs. 3.1-6.1), misclassified ones framed in red.
+
+    The thumbnails are composed onto one numpy canvas shown 1:1 (one image artist, not n), so 10,000 points
+    draw in seconds.
+    """
+    labels = table["label"].to_numpy().astype(np.int64)
+    names = class_names_or_ids(class_names, labels)
+    colors = class_colors(len(names))
+    gray = images.shape[-1] == 1
+    thumbs = make_thumbnails(images, labels, colors, thumbnail_size)
+    has_pred = "pred" in table.columns and table["pred"].notna().all()
+    wrong = (table["pred"].to_numpy() != labels) if has_pred else None
+    side = thumbnail_canvas_px(len(table), thumbnail_size)
+    canvas = compose_thumbnail_canvas(table[["x", "y"]].to_numpy(), thumbs, side, frame=wrong, darken=gray,
+                                      border_rgb=None if gray else colors[labels])
+    margin, title_h, legend_w = 0.2, 1.1, 2.8
+    canvas_in = side / dpi
+    width, height = canvas_in + legend_w + 2 * margin, canvas_in + title_h + margin
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((margin / width, margin / height, canvas_in / width, canvas_in / height))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("0.8")
+    handles = _class_handles(names, colors, marker=False)
+    if has_pred:
+        handles.append(Patch(facecolor="white", edgecolor=np.asarray(MISCLASSIFIED_RGB) / 255, linewidth=2,
+                             label=f"misclassified ({int(wrong.sum())})"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=((margin + canvas_in + 0.1) / width, 0.5),
+               title="true label" + (" (ink colour)" if gray else " (border)"), frameon=False, fontsize=11)
+    fig.text(0.5, 1 - 0.15 / height, title, ha="center", va="top", fontsize=13)
+    return fig
+
+
+def plot_tsne_thumbs(tsne_csv, meta_json, image_store, output, *, dataset: str, extractor: str, layer: str,
+                     thumbnail_size: int = 20, dpi: int = 100) -> None:
+    table, meta = read_tsne(tsne_csv), read_meta(meta_json)
+    images, class_names = read_images(image_store, table["index"].to_numpy())
+    fig = draw_tsne_thumbs(table, images, meta.get("class_names") or class_names,
+                           tsne_title(dataset, extractor, layer, meta), thumbnail_size, dpi)
+    save_figure(fig, output, dpi)
+
+
+# ---------------------------------------------------------------------------------------- activations
+
+
+def activation_maps(body, image: np.ndarray, resize: int | None = None) -> dict[str, np.ndarray]:
+    """Forward one uint8 HWC image through ``body`` (an nn.Sequential of named children); each child's
+    output (C, H, W) as float32, copied before the next (in-place ReLU) child runs."""
+    import torch
+
+    from embedscope.resnet import preprocess
+
+    x = preprocess(np.asarray(image)[None], resize)
+    maps = {}
+    body = body.eval()
+    with torch.no_grad():
+        for name, module in body.named_children():
+            x = module(x)
+            maps[name] = x[0].detach().cpu().numpy().astype(np.float32).copy()
+    return maps
+
+
+def load_body(extractor: str, weights: str = "random", resources: str | os.PathLike = "resources", seed: int = 0,
+              model_path: str | os.PathLike | None = None):
+    """The ResNet-18 body of ``resnet18`` (frozen, ``weights``) or of the fine-tuned checkpoint ``model_path``."""
+    if extractor == "resnet18":
+        from embedscope.resnet import body_of, build_resnet18
+
+        return body_of(build_resnet18(weights, resources=resources, seed=seed)).eval()
+    if extractor == "resnet18_finetuned":
+        if model_path is None:
+            raise ValueError("activations of resnet18_finetuned need the checkpoint path (model_path)")
+        from embedscope.finetune import load_finetuned
+
+        model, _ = load_finetuned(model_path)
+        return model.body.eval()
+    raise ValueError(f"activation maps exist for resnet18 and resnet18_finetuned, not {extractor!r}")
+
+
+def draw_activation_grid(maps: np.ndarray, title: str, n_show: int = 64) -> Figure:
+    """The first ``n_show`` channels (C, H, W) as a square grid, each scaled to its own range as in the
+    report (a constant map is drawn uniformly dark: "blank")."""
+    maps = np.asarray(maps)
+    count = min(n_show, len(maps))
+    side = math.ceil(math.sqrt(count))
+    fig = Figure(figsize=(10, 11))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.89, wspace=0.06, hspace=0.06)
+    axes = fig.subplots(side, side, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= count:
+            ax.set_axis_off()
+            continue
+        channel = maps[i]
+        lo, hi = float(channel.min()), float(channel.max())
+        ax.imshow(channel, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1.0, interpolation="nearest")
+    fig.text(0.5, 0.985, title, ha="center", va="top", fontsize=13)
+    return fig
+
+
+def plot_activations(image_store, output, *, dataset: str, extractor: str, layer: str, position: int,
+                     weights: str = "random", resize: int | None = None, seed: int = 0,
+                     resources: str | os.PathLike = "resources", model_path=None, dpi: int = 100) -> None:
+    """Report Figs. 7-14: test image ``position`` through the body; first 64 channels of ``layer``, 8x8."""
+    image, sample, label, class_names = pick_test_image(image_store, position)
+    body = load_body(extractor, weights, resources, seed, model_path)
+    names = [name for name, _ in body.named_children()]
+    if layer not in names:
+        raise ValueError(f"layer {layer!r} is not a child of the {extractor} body; it has {names}")
+    maps = activation_maps(body, image, resize)[layer]
+    channels, h, w = maps.shape
+    name = class_names[label] if label < len(class_names) else str(label)
+    title = (f"{dataset} · {extractor} · {layer} · weights: {weights_label(extractor, weights)}\n"
+             f"test image {position} (sample {sample}, label {name}) · first {min(64, channels)} of {channels} "
+             f"channels, each {h}x{w}, each scaled to its own range")
+    save_figure(draw_activation_grid(maps, title), output, dpi)
+
+
+def draw_image(image: np.ndarray, title: str) -> Figure:
+    fig = Figure(figsize=(5, 5.8), layout="constrained")
+    ax = fig.add_subplot()
+    _show_image(ax, image)
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def plot_activation_input(image_store, output, *, dataset: str, position: int, dpi: int = 100) -> None:
+    image, sample, label, class_names = pick_test_image(image_store, position)
+    name = class_names[label] if label < len(class_names) else str(label)
+    h, w, c = image.shape
+    title = f"{dataset}: test image {position}\n(sample {sample}) · label {name} · {h}x{w}x{c}"
+    save_figure(draw_image(image, title), output, dpi)
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+def read_training_log(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    table = pd.read_csv(path)
+    missing = {"kind", "stage", "epoch", "step", "train_loss", "test_loss"} - set(table.columns)
+    lr_columns = sorted((c for c in table.columns if c.startswith("lr_")), key=lambda c: int(c[3:]))
+    if missing or not lr_columns:
+        raise ValueError(f"training log {path} lacks columns {sorted(missing) or ['lr_0']} "
+                         "(expected kind, stage, epoch, step, lr_0.., train_loss, test_loss, test_accuracy)")
+    steps = table[table["kind"] == "step"].sort_values("step", kind="stable")
+    epochs = table[table["kind"] == "epoch"].sort_values("step", kind="stable")
+    if steps.empty:
+        raise ValueError(f"training log {path} has no step rows")
+    return steps, epochs, lr_columns
+
+
+def _mark_stages(ax, steps: pd.DataFrame) -> Line2D | None:
+    stage2 = steps.loc[steps["stage"] == 2, "step"]
+    if stage2.empty or (steps["stage"] == 1).sum() == 0:
+        return None
+    boundary = float(stage2.min()) - 0.5
+    ax.axvspan(boundary, float(steps["step"].max()) + 0.5, color="0.93", zorder=0)
+    return ax.axvline(boundary, color="0.3", linestyle="--", linewidth=1.2,
+                      label=f"stage 2 (all layers unfrozen) from step {int(stage2.min())}")
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or len(values) < 2:
+        return values
+    kernel = np.ones(window)
+    total = np.convolve(values, kernel, mode="full")[: len(values)]
+    count = np.convolve(np.ones(len(values)), kernel, mode="full")[: len(values)]
+    return total / count
+
+
+def draw_training_loss(steps: pd.DataFrame, epochs: pd.DataFrame, title: str) -> Figure:
+    fig = Figure(figsize=(11, 6), layout="constrained")
+    ax = fig.add_subplot()
+    x, loss = steps["step"].to_numpy(), steps["train_loss"].to_numpy(dtype=np.float64)
+    ax.plot(x, loss, color="tab:blue", alpha=0.3, linewidth=0.8, label="train loss (per step)")
+    window = max(1, len(x) // 50)
+    if window > 1:
+        ax.plot(x, running_mean(loss, window), color="tab:blue", linewidth=1.8,
+                label=f"train loss (running mean of {window} steps)")
+    if not epochs.empty:
+        ax.plot(epochs["step"], epochs["test_loss"].astype(float), "o-", color="tab:orange", linewidth=1.8,
+                label="test loss (end of each epoch)")
+    _mark_stages(ax, steps)
+    values = np.concatenate([loss, epochs["test_loss"].to_numpy(dtype=np.float64) if not epochs.empty else []])
+    if np.all(values[np.isfinite(values)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step (both stages)")
+    ax.set_ylabel("cross-entropy loss")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def draw_training_lr(steps: pd.DataFrame, lr_columns: Sequence[str], title: str) -> Figure:
+    fig = Figure(figsize=(11, 6), layout="constrained")
+    ax = fig.add_subplot()
+    names = GROUP_NAMES.get(len(lr_columns), tuple(f"group {g}" for g in range(len(lr_columns))))
+    colors = class_colors(len(lr_columns))
+    for column, name, color in zip(lr_columns, names, colors, strict=True):
+        ax.plot(steps["step"], steps[column].astype(float), color=color, linewidth=1.8,
+                label=f"{column}: {name}")
+    _mark_stages(ax, steps)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step (both stages)")
+    ax.set_ylabel("learning rate (one-cycle)")
+    fig.legend(loc="outside lower center", ncols=min(4, len(lr_columns) + 1), fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_training(training_log, loss_png, lr_png, *, dataset: str, dpi: int = 100) -> None:
+    steps, epochs, lr_columns = read_training_log(training_log)
+    n1 = int((epochs["stage"] == 1).sum())
+    n2 = int((epochs["stage"] == 2).sum())
+    final = ""
+    if not epochs.empty and "test_accuracy" in epochs:
+        final = f" · final test accuracy {float(epochs['test_accuracy'].iloc[-1]):.3f}"
+    def epochs_text(k):
+        return f"{k} epoch" + ("" if k == 1 else "s")
+
+    head = (f"{dataset}: fine-tuning ResNet-18, stage 1 (head) {epochs_text(n1)} + "
+            f"stage 2 (all layers) {epochs_text(n2)}")
+    save_figure(draw_training_loss(steps, epochs, f"{head}\nloss per step{final}"), loss_png, dpi)
+    save_figure(draw_training_lr(steps, lr_columns, f"{head}\none-cycle learning rate per layer group"), lr_png, dpi)
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    missing = {"index", "label", "pred", "prob", "loss"} - set(table.columns)
+    if missing:
+        raise ValueError(f"predictions file {path} lacks columns {sorted(missing)} "
+                         "(expected index, label, pred, prob, loss, prob_0..)")
+    return table
+
+
+def draw_top_losses(rows: pd.DataFrame, images: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    count = len(rows)
+    side = max(1, math.ceil(math.sqrt(count)))
+    fig = Figure(figsize=(10, 11.5), layout="constrained")
+    axes = fig.subplots(side, side, squeeze=False)
+    names = class_names_or_ids(class_names, np.concatenate([rows["label"], rows["pred"]]).astype(np.int64))
+    for ax in axes.flat[count:]:
+        ax.set_axis_off()
+    for ax, (_, row), image in zip(axes.flat, rows.iterrows(), images, strict=False):
+        _show_image(ax, image)
+        wrong = int(row["label"]) != int(row["pred"])
+        ax.set_title(f"true {names[int(row['label'])]} · pred {names[int(row['pred'])]}\n"
+                     f"p(pred)={row['prob']:.2f} · loss {row['loss']:.2f}", fontsize=11,
+                     color="tab:red" if wrong else "black")
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_top_losses(predictions, image_store, output, *, dataset: str, k: int = 9, dpi: int = 100) -> None:
+    """The ``k`` test images with the highest loss (ties: lower sample index first)."""
+    table = read_predictions(predictions)
+    rows = table.sort_values(["loss", "index"], ascending=[False, True], kind="stable").head(k)
+    images, class_names = read_images(image_store, rows["index"].to_numpy())
+    title = f"{dataset}: the {len(rows)} test images with the highest loss (fine-tuned ResNet-18, of {len(table)})"
+    save_figure(draw_top_losses(rows, images, class_names, title), output, dpi)
+
+
+def confusion_counts(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return counts
+
+
+def draw_confusion(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    n = len(counts)
+    fig = Figure(figsize=(9, 8.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    long_names = max((len(c) for c in class_names), default=0) > 3
+    ax.set_xticklabels(class_names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
+    ax.set_yticklabels(class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:
+        threshold = counts.max() / 2.0
+        for (i, j), value in np.ndenumerate(counts):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=9 if n <= 12 else 6,
+                    color="white" if value > threshold else "black")
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_confusion(predictions, image_store, output, *, dataset: str, dpi: int = 100) -> None:
+    from embedscope.store import open_complete
+
+    table = read_predictions(predictions)
+    class_names = [str(c) for c in open_complete(image_store).attrs["class_names"]]
+    labels, pred = table["label"].to_numpy(), table["pred"].to_numpy()
+    names = class_names_or_ids(class_names, np.concatenate([labels, pred]))
+    counts = confusion_counts(labels, pred, len(names))
+    accuracy = float(np.mean(labels == pred)) if len(labels) else float("nan")
+    title = (f"{dataset}: confusion matrix of the fine-tuned ResNet-18\n"
+             f"{len(table)} test images · accuracy {accuracy:.3f}")
+    save_figure(draw_confusion(counts, names, title), output, dpi)

@@ -1,0 +1,236 @@
+"""Per-layer t-SNE: a seeded stratified subset of the test split, embedded in 2-D, written as a csv.
+
+The csv (index, x, y, label, and pred, prob for ``resnet18_finetuned``) is what the t-SNE figures, the
+embedding-quality table and the explorer read. A JSON sidecar next to it records what the figures'
+titles need (N, D, class names, the settings used).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+METHODS = ("opentsne", "sklearn")
+EARLY_EXAGGERATION_ITER = 250  # both libraries' default; n_iter counts the iterations after it
+PREDICTION_EXTRACTOR = "resnet18_finetuned"
+
+
+def tsne_subset(labels: Sequence[int] | np.ndarray, max_points: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded stratified subset of ``labels`` of size ``max_points``.
+
+    Every class keeps its share (largest-remainder rounding, ties broken by class id), and the positions
+    within a class are drawn with ``numpy.random.default_rng(seed)``. ``None`` or a ``max_points`` that is
+    not smaller than ``len(labels)`` returns every position. The result depends on the labels and the seed
+    only, so feature stores that list the same test split in the same order get the same subset.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if max_points is None or max_points >= n:
+        return np.arange(n)
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * (max_points / n)
+    take = np.floor(quota).astype(np.int64)
+    remainder = quota - take
+    order = np.lexsort((classes, -remainder))  # largest remainder first, then lowest class id
+    take[order[: max_points - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls, k in zip(classes, take, strict=True):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(rng.choice(members, size=int(k), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def tsne_input_dim(n: int, dim: int, pca_components: int) -> int:
+    """Width of what t-SNE sees after the optional PCA step (see ``reduce_pca``)."""
+    k = min(int(pca_components), n)
+    if not pca_components or dim <= pca_components or k >= dim:
+        return int(dim)
+    return int(k)
+
+
+def reduce_pca(features: np.ndarray, pca_components: int, seed: int = 0) -> np.ndarray:
+    """PCA to ``pca_components`` dimensions when the layer is wider than that (0 = never)."""
+    features = np.asarray(features, dtype=np.float64)
+    n, dim = features.shape
+    k = tsne_input_dim(n, dim, pca_components)
+    if k == dim:
+        return features
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=k, random_state=seed).fit_transform(features)
+
+
+def effective_perplexity(perplexity: float, n: int) -> float:
+    """Both libraries need 3 * perplexity < n; lower it (with a warning) for very small inputs."""
+    limit = (n - 1) / 3.0
+    if perplexity >= limit:
+        lowered = max(1.0, limit - 1e-6)
+        log.warning("perplexity %s is too high for %d points; using %.3f", perplexity, n, lowered)
+        return lowered
+    return float(perplexity)
+
+
+def embed_tsne(
+    features: np.ndarray,
+    method: str = "opentsne",
+    perplexity: float = 15,
+    pca_components: int = 50,
+    n_iter: int = 500,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> np.ndarray:
+    """2-D t-SNE coordinates (n, 2) float64 of ``features`` (n, D).
+
+    ``opentsne``: FFT-accelerated gradients, PCA initialisation, ``random_state=seed``; ``sklearn``:
+    scikit-learn's Barnes-Hut TSNE with PCA initialisation. Layers wider than ``pca_components`` are
+    reduced with PCA first (0 = never). Same inputs and seed give identical coordinates.
+    """
+    if method not in METHODS:
+        raise ValueError(f"config key 'tsne.method' is {method!r}; expected one of {list(METHODS)}")
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (n, D), got shape {features.shape}")
+    n = len(features)
+    if n < 4:
+        raise ValueError(f"t-SNE needs at least 4 points, got {n}")
+    if not np.isfinite(features).all():
+        raise ValueError("features contain NaN or infinite values")
+    x = reduce_pca(features, pca_components, seed)
+    perplexity = effective_perplexity(perplexity, n)
+    if method == "opentsne":
+        from openTSNE import TSNE
+
+        tsne = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            initialization="pca",
+            negative_gradient_method="fft",
+            early_exaggeration_iter=EARLY_EXAGGERATION_ITER,
+            n_iter=int(n_iter),
+            n_jobs=int(n_jobs),
+            random_state=int(seed),
+            verbose=False,
+        )
+        return np.asarray(tsne.fit(x), dtype=np.float64)
+    from sklearn.manifold import TSNE
+
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        max_iter=EARLY_EXAGGERATION_ITER + int(n_iter),
+        random_state=int(seed),
+        n_jobs=int(n_jobs),
+    )
+    return np.asarray(tsne.fit_transform(x), dtype=np.float64)
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def join_predictions(table: pd.DataFrame, predictions: str | os.PathLike) -> pd.DataFrame:
+    """Add ``pred`` and ``prob`` from predictions.csv, matched on the sample ``index``."""
+    preds = pd.read_csv(predictions)
+    missing_columns = {"index", "label", "pred", "prob"} - set(preds.columns)
+    if missing_columns:
+        raise ValueError(f"{predictions} lacks columns {sorted(missing_columns)} (expected index, label, pred, prob)")
+    preds = preds.set_index("index")
+    absent = ~table["index"].isin(preds.index)
+    if absent.any():
+        raise ValueError(
+            f"{predictions} has no prediction for {int(absent.sum())} t-SNE points "
+            f"(first sample index {int(table['index'][absent].iloc[0])}); was it written for this image store?"
+        )
+    rows = preds.loc[table["index"].to_numpy()]
+    if not np.array_equal(rows["label"].to_numpy(), table["label"].to_numpy()):
+        raise ValueError(f"{predictions}: labels disagree with the feature store for the same sample index")
+    table = table.copy()
+    table["pred"] = rows["pred"].to_numpy().astype(np.int64)
+    table["prob"] = rows["prob"].to_numpy().astype(np.float64)
+    return table
+
+
+def run_tsne(
+    store: str | os.PathLike,
+    layer: str,
+    output_csv: str | os.PathLike,
+    output_meta: str | os.PathLike | None = None,
+    *,
+    predictions: str | os.PathLike | None = None,
+    max_points: int | None = None,
+    method: str = "opentsne",
+    perplexity: float = 15,
+    pca_components: int = 50,
+    n_iter: int = 500,
+    seed: int = 0,
+    n_jobs: int = 1,
+    info: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """t-SNE of one feature-store layer's test split -> results/tsne/{dataset}/{extractor}/{layer}.csv.
+
+    ``predictions`` (predictions.csv of the fine-tuned model) adds ``pred`` and ``prob`` columns. The csv
+    and the JSON sidecar ``output_meta`` (N, D, class names, settings, ``info``) are written atomically.
+    """
+    from embedscope.store import load_features
+
+    data = load_features(store, layer, split="test")
+    if len(data.labels) == 0:
+        raise ValueError(f"store {store} layer {layer!r} has no test-split rows")
+    positions = tsne_subset(data.labels, max_points, seed)
+    features = data.features[positions]
+    log.info("t-SNE of %s/%s: %d of %d test points, D=%d, method=%s, perplexity=%s",
+             store, layer, len(positions), len(data.labels), features.shape[1], method, perplexity)
+    start = time.perf_counter()
+    coords = embed_tsne(features, method, perplexity, pca_components, n_iter, seed, n_jobs)
+    seconds = time.perf_counter() - start
+    log.info("t-SNE done in %.1f s", seconds)
+    table = pd.DataFrame({
+        "index": data.index[positions].astype(np.int64),
+        "x": coords[:, 0],
+        "y": coords[:, 1],
+        "label": data.labels[positions].astype(np.int64),
+    })
+    if predictions is not None:
+        table = join_predictions(table, predictions)
+    dim = int(features.shape[1])
+    meta = {
+        **dict(info or {}),
+        "layer": layer,
+        "n": int(len(table)),
+        "n_test": int(len(data.labels)),
+        "dim": dim,
+        "dim_tsne_input": tsne_input_dim(len(table), dim, pca_components),
+        "method": method,
+        "perplexity": float(perplexity),
+        "pca_components": int(pca_components),
+        "n_iter": int(n_iter),
+        "seed": int(seed),
+        "max_points": max_points,
+        "class_names": [str(c) for c in data.attrs.get("class_names", [])],
+        "weights": data.attrs.get("weights"),
+    }
+    if output_meta is not None:
+        _atomic_write_text(output_meta, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    _atomic_write_text(output_csv, table.to_csv(index=False, float_format="%.6f"))
+    return table

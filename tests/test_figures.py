@@ -1,0 +1,240 @@
+"""Figures: each writes a PNG of the expected pixel size, not blank, the same pixels for the same input,
+with no overlapping text; the thumbnail canvas puts thumbnails where the coordinates say."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
+from PIL import Image
+
+from embedscope import figures
+from embedscope.store import write_image_store
+
+CLASSES = [str(i) for i in range(10)]
+N_IMAGES = 120
+
+
+def digit_like_images(n, rng):
+    """28x28 grayscale images: a bright bar whose position depends on the class, plus noise."""
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 40, size=(n, 28, 28, 1)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 4 + 2 * c : 7 + 2 * c, 4:24, 0] = 255
+        images[i, 4:24, 12:15, 0] = 180
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("figures")
+    rng = np.random.default_rng(0)
+    images, labels = digit_like_images(N_IMAGES, rng)
+    split = (np.arange(N_IMAGES) % 3 == 0).astype(np.uint8)  # every third image is a test image
+    store = root / "data.zarr"
+    write_image_store(store, images, labels, split, CLASSES, {"source": "synthetic"})
+    test_index = np.flatnonzero(split == 1)
+    test_labels = labels[test_index]
+    pred = test_labels.copy()
+    pred[::7] = (pred[::7] + 3) % 10
+    angle = test_labels * 2 * np.pi / 10
+    tsne = pd.DataFrame({"index": test_index, "x": 10 * np.cos(angle) + rng.normal(0, 1, len(test_index)),
+                         "y": 10 * np.sin(angle) + rng.normal(0, 1, len(test_index)), "label": test_labels,
+                         "pred": pred, "prob": rng.uniform(0.3, 1.0, len(test_index))})
+    tsne.to_csv(root / "layer4.csv", index=False)
+    meta = {"n": len(tsne), "dim": 512, "dim_tsne_input": 50, "method": "opentsne", "perplexity": 15.0,
+            "weights": "random", "class_names": CLASSES}
+    (root / "layer4.json").write_text(json.dumps(meta))
+    probs = rng.dirichlet(np.ones(10), size=len(test_index))
+    loss = -np.log(probs[np.arange(len(test_index)), test_labels])
+    pd.DataFrame({"index": test_index, "label": test_labels, "pred": pred, "prob": probs.max(1), "loss": loss,
+                  **{f"prob_{c}": probs[:, c] for c in range(10)}}).to_csv(root / "predictions.csv", index=False)
+    rows, step = [], 0
+    for stage, epochs, peaks in ((1, 2, [3e-3] * 3), (2, 2, [1e-4, 3e-4, 1e-3])):
+        for epoch in range(epochs):
+            for _ in range(6):
+                scale = 0.5 + 0.5 * np.sin(np.pi * (step % 12) / 12)
+                rows.append({"kind": "step", "stage": stage, "epoch": epoch, "step": step,
+                             **{f"lr_{g}": p * scale for g, p in enumerate(peaks)},
+                             "train_loss": 2.3 * np.exp(-step / 8) + 0.05})
+                step += 1
+            rows.append({"kind": "epoch", "stage": stage, "epoch": epoch, "step": step - 1,
+                         "train_loss": 2.3 * np.exp(-step / 8), "test_loss": 2.0 * np.exp(-step / 9) + 0.1,
+                         "test_accuracy": 1 - np.exp(-step / 6)})
+    pd.DataFrame(rows, columns=["kind", "stage", "epoch", "step", "lr_0", "lr_1", "lr_2", "train_loss",
+                                "test_loss", "test_accuracy"]).to_csv(root / "training_log.csv", index=False)
+    return root
+
+
+def decoded(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def check_png(path_a, path_b, size):
+    a, b = decoded(path_a), decoded(path_b)
+    assert (a.shape[1], a.shape[0]) == size, f"{path_a.name}: {a.shape[1]}x{a.shape[0]} px, expected {size}"
+    assert a.astype(np.float64).var() > 100.0, f"{path_a.name} looks blank"
+    assert np.array_equal(a, b), f"{path_a.name}: two renders of the same input differ"
+
+
+def tsne_kwargs(files):
+    return dict(dataset="toy", extractor="resnet18_finetuned", layer="layer4", dpi=60)
+
+
+def render_twice(tmp_path, name, plot, *args, **kwargs):
+    outs = [tmp_path / f"a_{name}.png", tmp_path / f"b_{name}.png"]
+    for out in outs:
+        plot(*args, out, **kwargs)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    return outs
+
+
+def test_tsne_scatter(files, tmp_path):
+    outs = render_twice(tmp_path, "tsne", figures.plot_tsne, files / "layer4.csv", files / "layer4.json",
+                        **tsne_kwargs(files))
+    check_png(*outs, (11 * 60, 9 * 60))
+
+
+def test_tsne_thumbs(files, tmp_path):
+    outs = render_twice(tmp_path, "thumbs", figures.plot_tsne_thumbs, files / "layer4.csv", files / "layer4.json",
+                        files / "data.zarr", thumbnail_size=12, **tsne_kwargs(files))
+    side = figures.thumbnail_canvas_px(40, 12)
+    check_png(*outs, (side + 192, side + 78))  # canvas + (2.8 + 0.4) in and (1.1 + 0.2) in at 60 dpi
+    pixels = decoded(outs[0])
+    red = (pixels[..., 0] > 240) & (pixels[..., 1] < 20) & (pixels[..., 2] < 20)
+    assert red.sum() > 6 * 4 * 12  # six misclassified points, framed
+
+
+def test_tsne_layers(files, tmp_path):
+    csv, meta = files / "layer4.csv", files / "layer4.json"
+    outs = render_twice(tmp_path, "layers", figures.plot_tsne_layers, [csv] * 5, [meta] * 5,
+                        dataset="toy", extractor="resnet18", layers=["a", "b", "c", "d", "e"], dpi=60)
+    check_png(*outs, (round((4.2 * 4 + 2.2) * 60), round((4.2 * 2 + 1.2) * 60)))
+
+
+def test_activations_random_resnet(files, tmp_path):
+    outs = render_twice(tmp_path, "act", figures.plot_activations, files / "data.zarr", dataset="toy",
+                        extractor="resnet18", layer="layer1", position=3, weights="random", dpi=60)
+    check_png(*outs, (600, 660))
+    with pytest.raises(ValueError, match="figures.activation_image"):
+        figures.plot_activations(files / "data.zarr", tmp_path / "x.png", dataset="toy", extractor="resnet18",
+                                 layer="conv1", position=10_000)
+
+
+def test_activation_maps_of_a_body():
+    from embedscope.layers import BODY_LAYERS
+    from embedscope.resnet import body_of, build_resnet18
+
+    body = body_of(build_resnet18("random"))
+    image = np.zeros((28, 28, 1), dtype=np.uint8)
+    image[8:20, 12:16] = 255
+    maps = figures.activation_maps(body, image)
+    assert list(maps) == list(BODY_LAYERS)
+    assert maps["conv1"].shape == (64, 14, 14) and maps["layer4"].shape == (512, 1, 1)
+    assert maps["bn1"].min() < 0 <= maps["relu"].min()  # bn1 copied before the in-place ReLU ran
+    fig = figures.draw_activation_grid(maps["layer2"], "toy · layer2")
+    assert len(fig.axes) == 64
+
+
+def test_activations_finetuned_checkpoint(files, tmp_path):
+    finetune = pytest.importorskip("embedscope.finetune")
+    import torch
+
+    model = finetune.FinetunedResNet18(10, "random")
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "class_names": CLASSES}, path)
+    out = tmp_path / "ft.png"
+    figures.plot_activations(files / "data.zarr", out, dataset="toy", extractor="resnet18_finetuned",
+                             layer="conv1", position=0, model_path=path, dpi=60)
+    assert decoded(out).shape == (660, 600, 3)
+
+
+def test_activation_input(files, tmp_path):
+    outs = render_twice(tmp_path, "input", figures.plot_activation_input, files / "data.zarr", dataset="toy",
+                        position=2, dpi=60)
+    check_png(*outs, (300, 348))
+
+
+def test_training_plots(files, tmp_path):
+    for name in ("a", "b"):
+        figures.plot_training(files / "training_log.csv", tmp_path / f"{name}_loss.png",
+                              tmp_path / f"{name}_lr.png", dataset="toy", dpi=60)
+    check_png(tmp_path / "a_loss.png", tmp_path / "b_loss.png", (660, 360))
+    check_png(tmp_path / "a_lr.png", tmp_path / "b_lr.png", (660, 360))
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"kind": ["step"], "step": [0]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="lacks columns"):
+        figures.plot_training(bad, tmp_path / "l.png", tmp_path / "r.png", dataset="toy")
+
+
+def test_top_losses(files, tmp_path):
+    outs = render_twice(tmp_path, "top", figures.plot_top_losses, files / "predictions.csv", files / "data.zarr",
+                        dataset="toy", dpi=60)
+    check_png(*outs, (600, 690))
+
+
+def test_confusion(files, tmp_path):
+    outs = render_twice(tmp_path, "conf", figures.plot_confusion, files / "predictions.csv", files / "data.zarr",
+                        dataset="toy", dpi=60)
+    check_png(*outs, (540, 510))
+    counts = figures.confusion_counts([0, 1, 1, 2], [0, 1, 2, 2], 3)
+    assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_compose_canvas_places_and_frames():
+    thumbs = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    canvas = figures.compose_thumbnail_canvas(np.array([[0.0, 0.0], [1.0, 1.0]]), thumbs, 40, pad=2,
+                                              frame=np.array([False, True]))
+    dark = np.argwhere(canvas.sum(-1) < 30)
+    assert dark.min(0).tolist() == [34, 2]  # (0, 0): bottom left
+    assert np.array_equal(canvas[2, 34], [255, 0, 0])  # (1, 1): top right, framed in red
+    assert canvas.shape == (40, 40, 3)
+
+
+def visible_texts(fig):
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for text in fig.findobj(Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        axes = text.axes
+        if axes is not None and text in axes.get_xticklabels() + axes.get_yticklabels():
+            lo, hi = sorted(axes.get_xlim() if text in axes.get_xticklabels() else axes.get_ylim())
+            loc = text.get_position()[0 if text in axes.get_xticklabels() else 1]
+            if not lo <= loc <= hi:
+                continue
+        boxes.append((text.get_text(), text.get_window_extent(renderer)))
+    return boxes
+
+
+def assert_no_overlap(fig, ignore_cells=False):
+    boxes = visible_texts(fig)
+    if ignore_cells:  # confusion-matrix cell numbers sit inside their own cells
+        boxes = [b for b in boxes if not b[0].isdigit() or len(b[0]) > 3]
+    for (ta, a), (tb, b) in combinations(boxes, 2):
+        assert not a.overlaps(b) or a.width * a.height == 0 or b.width * b.height == 0, f"{ta!r} overlaps {tb!r}"
+
+
+def test_no_overlapping_text(files):
+    table = pd.read_csv(files / "layer4.csv")
+    meta = json.loads((files / "layer4.json").read_text())
+    title = figures.tsne_title("toy", "resnet18_finetuned", "head_hidden", meta)
+    assert "toy" in title and "head_hidden" in title and "N=40" in title and "D=512" in title
+    assert "random" in title
+    assert_no_overlap(figures.draw_tsne(table, CLASSES, title))
+    assert_no_overlap(figures.draw_tsne_layers([table] * 4, list("abcd"), [1, 2, 3, 4], CLASSES, title))
+    steps, epochs, lrs = figures.read_training_log(files / "training_log.csv")
+    assert_no_overlap(figures.draw_training_loss(steps, epochs, "toy: loss\nsecond line"))
+    assert_no_overlap(figures.draw_training_lr(steps, lrs, "toy: lr\nsecond line"))
+    preds = pd.read_csv(files / "predictions.csv").head(9)
+    images = np.zeros((9, 28, 28, 1), dtype=np.uint8)
+    assert_no_overlap(figures.draw_top_losses(preds, images, CLASSES, "toy: top losses"))
+    counts = figures.confusion_counts(preds["label"], preds["pred"], 10)
+    assert_no_overlap(figures.draw_confusion(counts, CLASSES, "toy: confusion\nline two"), ignore_cells=True)
