@@ -27,7 +27,7 @@ def validated(config):
 def test_default_config_validates_and_gets_defaults():
     config = validated(load())
     assert config["tsne"]["pca_components"] == 50
-    assert config["finetune"]["stage1_epochs"] == 4
+    assert config["finetune"]["pct_start"] == 0.3
     assert config["datasets"]["mnist5k"]["max_points"] is None
     check_config(config)
 
