@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedscope.baseline import class_mean_images, nearest_class_mean
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import StoreError, load_features, read_image_store
 
@@ -149,14 +150,8 @@ def silhouette(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def class_centres(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    features = np.asarray(features, dtype=np.float64)
-    centres = np.empty((n_classes, features.shape[1]))
-    for c in range(n_classes):
-        members = features[labels == c]
-        if len(members) == 0:
-            raise ValueError(f"class {c} has no training sample, so it has no centre")
-        centres[c] = members.mean(axis=0)
-    return centres
+    """Class means of feature vectors (C, D): the baseline's class-mean images, in feature space."""
+    return class_mean_images(np.asarray(features), labels, n_classes)
 
 
 def ncc_accuracy(x_train, y_train, x_test, y_test, n_classes: int) -> float:
@@ -224,8 +219,6 @@ def baseline_rows(data, baseline_csv: str | Path, dataset: str) -> list[dict]:
     Recomputed from the image store with embedscope.baseline, and checked against the baseline's own
     accuracy so the table cannot silently disagree with it.
     """
-    from embedscope.baseline import class_mean_images, nearest_class_mean
-
     path = Path(baseline_csv)
     if not path.exists():
         raise FileNotFoundError(f"baseline metrics {path} does not exist")
