@@ -1,0 +1,171 @@
+"""The real DAG on non-default sources (issue 8): a tiny generated CIFAR-10 (torchvision's pickle batches in
+cifar-10-python.tar.gz) through `rule all` with every extractor, and a folder of generated PNGs (imagefolder)
+through the scattering features, the classifier table and the class-mean figure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_snakemake, write_config
+from PIL import Image, ImageDraw
+
+from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.store import layer_names, load_features, read_image_store
+from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw
+
+pytestmark = pytest.mark.e2e
+
+# 80 train + 50 test images of 3x32x32 (seed 0: every class has 5..11 train and 2..8 test images).
+CIFAR_TRAIN, CIFAR_TEST = 80, 50
+SCATTERING_D = 3 * 81 * 8 * 8  # per channel: 1 + J*L + L^2*J(J-1)/2 = 81 maps of 32/2^J = 8 x 8 (J=2, L=8)
+# On a hundred images threads buy nothing, and a rule asking for more than one runs alone on 2 cores: one thread
+# each lets two of the ~70 short jobs (most of their time is Python and torch starting) run side by side.
+ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in (
+    "extract_features", "finetune_resnet18", "extract_finetuned_features", "embed_tsne", "evaluate_classifiers",
+    "evaluate_embeddings"))]
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def cifar_config(root) -> dict:
+    # Sizes chosen for 50 test points: 3 * perplexity < 50, trustworthiness_k (10) < 50 / 2, kNN k (5) below
+    # the smallest class's train count; batch 16 divides the 80 train images (no batch of 1 for BatchNorm).
+    return {
+        "datasets": {"cifar_tiny": {"source": "torchvision", "name": "CIFAR10", "root": str(root), "seed": 0}},
+        "extractors": ["scattering", "resnet18", "resnet18_finetuned"],
+        "device": "cpu",
+        "resnet18": {"weights": "random"},
+        "finetune": {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 16,
+                     "stage2_lr_min": 1.0e-4, "stage2_lr_max": 1.0e-3},
+        # scikit-learn's t-SNE: 0.1 s on 50 points, where openTSNE's FFT gradients cost ~7 s per layer whatever N
+        "tsne": {"method": "sklearn", "perplexity": 5, "n_iter": 250},
+        "metrics": {"random_forest_trees": 5, "knn_k": 5},
+    }
+
+
+def test_tiny_cifar10_through_rule_all(tmp_path):
+    root = tmp_path / "cifar"
+    write_cifar10_raw(root, n_train=CIFAR_TRAIN, n_test=CIFAR_TEST, seed=0, archive=True)
+    # only the archive, as torchvision ships it: the reader must not fall back to the extracted folder
+    for path in sorted((root / "cifar-10-batches-py").iterdir()):
+        path.unlink()
+    (root / "cifar-10-batches-py").rmdir()
+    work = tmp_path / "run"
+    write_config(work, cifar_config(root))
+    run_snakemake(work, "--cores", "2", *ONE_THREAD, env=ENV)
+    results = work / "results"
+
+    store = read_image_store(results / "data" / "cifar_tiny.zarr")
+    assert store.images.shape == (CIFAR_TRAIN + CIFAR_TEST, 32, 32, 3) and store.images.dtype == np.uint8
+    assert store.class_names == CIFAR10_CLASSES
+    assert int((store.split == 0).sum()) == CIFAR_TRAIN and int((store.split == 1).sum()) == CIFAR_TEST
+    assert store.attrs["source_name"] == "CIFAR10" and store.attrs["input_files"] == ["cifar-10-python.tar.gz"]
+
+    features = results / "features" / "cifar_tiny"
+    scattering = load_features(features / "scattering.zarr", "scattering")
+    assert scattering.features.shape == (CIFAR_TRAIN + CIFAR_TEST, SCATTERING_D)
+    assert np.isfinite(scattering.features).all()
+    assert load_features(features / "resnet18.zarr", "layer4").features.shape[1] == 512
+    assert list(layer_names(features / "resnet18_finetuned.zarr")) == list(EXTRACTOR_LAYERS["resnet18_finetuned"])
+    softmax = load_features(features / "resnet18_finetuned.zarr", "softmax", split="test").features
+    assert softmax.shape == (CIFAR_TEST, 10) and np.allclose(softmax.sum(1), 1, atol=1e-4)
+
+    for extractor, layers in EXTRACTOR_LAYERS.items():
+        for layer in layers:
+            table = pd.read_csv(results / "tsne" / "cifar_tiny" / extractor / f"{layer}.csv")
+            assert len(table) == CIFAR_TEST and np.isfinite(table[["x", "y"]].to_numpy()).all()
+            meta = json.loads((results / "tsne" / "cifar_tiny" / extractor / f"{layer}.json").read_text())
+            assert meta["class_names"] == CIFAR10_CLASSES  # what the t-SNE figures' legends are drawn from
+            for kind in ("tsne", "tsne_thumbs"):
+                assert (results / "figures" / "cifar_tiny" / kind / extractor / f"{layer}.png").stat().st_size > 0
+    assert meta["dim"] == 10  # resnet18_finetuned/softmax: one column per CIFAR class
+    assert {"pred", "prob"} <= set(table.columns)
+
+    predictions = pd.read_csv(results / "models" / "cifar_tiny" / "predictions.csv")
+    assert len(predictions) == CIFAR_TEST and [f"prob_{c}" for c in range(10)] == list(predictions.columns[-10:])
+
+    classifiers = pd.read_csv(results / "metrics" / "cifar_tiny" / "classifiers.csv")
+    scattering_rows = classifiers[classifiers["features"] == "scattering"]
+    assert set(scattering_rows["D"]) == {SCATTERING_D}
+    layer4 = classifiers[(classifiers["features"] == "resnet18") & (classifiers["layer"] == "layer4")]
+    assert set(layer4["D"]) == {512}
+    assert classifiers["accuracy"].between(0, 1).all()
+    quality = pd.read_csv(results / "metrics" / "cifar_tiny" / "embedding_quality.csv")
+    assert len(quality) == sum(len(v) for v in EXTRACTOR_LAYERS.values()) and (quality["n"] == CIFAR_TEST).all()
+    assert quality["trustworthiness"].between(0, 1).all()
+
+    figures = results / "figures" / "cifar_tiny"
+    for name in ("class_means.png", "confusion.png", "top_losses.png", "activations/input.png",
+                 "metrics/accuracy_by_layer.png", "training/loss.png"):
+        assert (figures / name).stat().st_size > 0, name
+    html = (results / "explorer" / "cifar_tiny.html").read_text()
+    assert all(name in html for name in CIFAR10_CLASSES)
+
+
+# ---- imagefolder -------------------------------------------------------------------------------------------
+
+SHAPES = {"blue_square": (40, 60, 220), "green_cross": (40, 200, 60), "red_disc": (220, 40, 40)}
+PER_CLASS = 20
+ODD_SIZE = (48, 40)  # width, height of the one image that must be resized
+
+
+def write_shapes(root, seed: int = 0) -> None:
+    """root/{class}/{i:02d}.png: a coloured shape at a random place and size on a noisy grey background."""
+    rng = np.random.default_rng(seed)
+    for name, colour in SHAPES.items():
+        (root / name).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            size = ODD_SIZE if (name, i) == ("red_disc", 0) else (32, 32)
+            background = rng.integers(90, 160, size=(size[1], size[0], 3), dtype=np.uint8)
+            img = Image.fromarray(background, "RGB")
+            draw = ImageDraw.Draw(img)
+            r = int(rng.integers(6, 11))
+            cx, cy = (int(rng.integers(r, s - r)) for s in size)
+            box = (cx - r, cy - r, cx + r, cy + r)
+            if name == "red_disc":
+                draw.ellipse(box, fill=colour)
+            elif name == "blue_square":
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.line((cx - r, cy, cx + r, cy), fill=colour, width=4)
+                draw.line((cx, cy - r, cx, cy + r), fill=colour, width=4)
+            img.save(root / name / f"{i:02d}.png")
+
+
+def test_imagefolder_pngs_to_classifier_table(tmp_path):
+    root = tmp_path / "shapes"
+    write_shapes(root)
+    work = tmp_path / "run"
+    write_config(work, {
+        "datasets": {"shapes": {"source": "imagefolder", "root": str(root), "image_size": [32, 32],
+                                "n_train": 45, "n_test": 15, "seed": 0}},
+        "extractors": ["scattering"],
+        "device": "cpu",
+        "metrics": {"random_forest_trees": 5, "knn_k": 5},
+    })
+    targets = ["results/metrics/shapes/classifiers.csv", "results/figures/shapes/class_means.png"]
+    run_snakemake(work, *ONE_THREAD, "--cores", "2", *targets, env=ENV)  # targets after a one-value option
+
+    store = read_image_store(work / "results" / "data" / "shapes.zarr")
+    assert store.images.shape == (3 * PER_CLASS, 32, 32, 3) and store.images.dtype == np.uint8
+    assert store.class_names == sorted(SHAPES)  # the folder names, sorted
+    assert store.attrs["resized"] is True and store.attrs["channels"] == 3
+    assert store.attrs["original_sizes"] == {"32x32": 3 * PER_CLASS - 1, f"{ODD_SIZE[1]}x{ODD_SIZE[0]}": 1}
+    for split, n in ((0, 45), (1, 15)):
+        assert np.bincount(store.labels[store.split == split], minlength=3).tolist() == [n // 3] * 3
+    # the dominant colour channel of each class's mean image names its colour
+    for label, name in enumerate(store.class_names):
+        mean = store.images[store.labels == label].reshape(-1, 3).astype(float).mean(0)
+        assert int(np.argmax(mean)) == {"red": 0, "green": 1, "blue": 2}[name.split("_")[0]], (name, mean)
+
+    features = load_features(work / "results" / "features" / "shapes" / "scattering.zarr", "scattering")
+    assert features.features.shape == (3 * PER_CLASS, SCATTERING_D)
+    classifiers = pd.read_csv(work / "results" / "metrics" / "shapes" / "classifiers.csv")
+    assert {"pixels", "scattering"} <= set(classifiers["features"])
+    assert set(classifiers.loc[classifiers["features"] == "scattering", "D"]) == {SCATTERING_D}
+    logreg = classifiers[(classifiers["features"] == "scattering") & (classifiers["classifier"] == "logreg")]
+    assert float(logreg["accuracy"].iloc[0]) >= 0.8  # three colours are easy
+    assert (work / "results" / "figures" / "shapes" / "class_means.png").stat().st_size > 0
+    assert not (work / "results" / "tsne").exists()  # only what the two targets need ran
