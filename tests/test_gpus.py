@@ -138,6 +138,7 @@ START_JOB = textwrap.dedent(
     """
     import os, sys
     from types import SimpleNamespace
+    import torch  # noqa: F401  (a torch stage's module is imported before start_job, as in the scripts)
     from embedscope import runtime
     job = SimpleNamespace(params=SimpleNamespace(device="auto"), config={"seed": 0}, threads=1, rule="r",
                           resources=SimpleNamespace(gpu=int(sys.argv[1])))
