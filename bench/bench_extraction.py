@@ -6,7 +6,8 @@
 (b) Peak RSS of `extract_features` (resnet18, random weights) at N = 5,000 and N = 50,000 synthetic 28x28
     images, each in a fresh subprocess (ru_maxrss of the child). Target: within 1.3x of each other.
 
-Prints a table and writes results/benchmarks/bench_extraction.csv.
+Prints a table and writes results/benchmarks/bench_extraction.csv. `summary_rows()` is the suite's part
+(bench/run.py): both measurements at the defaults above.
 """
 
 from __future__ import annotations
@@ -108,6 +109,30 @@ def peak_rss(tmp: Path, sizes: list[int], batch_size: int, threads: int) -> list
     ratio = rows[-1]["max_rss_mb"] / rows[0]["max_rss_mb"]
     rows.append({"measure": "peak_rss", "case": f"ratio N={sizes[-1]} / N={sizes[0]} (target <= 1.3)",
                  "value": round(ratio, 3)})
+    return rows
+
+
+def summary_rows(n: int = 5000, sizes=(5000, 50_000), batch_size: int = 256, threads: int = 2,
+                 repeats: int = 2) -> list[dict]:
+    """The suite's extraction part: throughput ratio to a bare forward, and peak RSS at two N (fresh processes)."""
+    with tempfile.TemporaryDirectory(prefix="bench_extraction_") as name:
+        tmp = Path(name)
+        speed = throughput(tmp, n, batch_size, threads, repeats)
+        memory = peak_rss(tmp, list(sizes), batch_size, threads)
+    bare, code_path, ratio = speed
+    rows = [
+        {"part": "extraction", "what": f"bare model(x), N={n}, batch {batch_size}", "value": bare["images_per_s"],
+         "unit": "images/s"},
+        {"part": "extraction", "what": f"run_extraction code path, N={n}", "value": code_path["images_per_s"],
+         "unit": "images/s"},
+        {"part": "extraction", "what": "throughput code path / bare forward", "value": ratio["value"], "unit": "x",
+         "target": ">= 0.8"},
+    ]
+    for row in memory[:-1]:
+        rows.append({"part": "extraction", "what": f"peak RSS extract_features, N={row['n']}",
+                     "value": row["max_rss_mb"], "unit": "MB"})
+    rows.append({"part": "extraction", "what": f"peak RSS ratio N={sizes[-1]} / N={sizes[0]}",
+                 "value": memory[-1]["value"], "unit": "x", "target": "<= 1.3"})
     return rows
 
 

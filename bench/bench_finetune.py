@@ -5,10 +5,13 @@ and on CUDA too when torch.cuda.is_available() (with mixed precision, as the wor
 Prints a table and writes results/benchmarks/bench_finetune.csv.
 
     .venv/bin/python bench/bench_finetune.py [--steps 8] [--size 28] [--batch 128]
+
+`summary_rows()` is the suite's part (bench/run.py).
 """
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedscope import finetune as ft
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from embedscope import finetune as ft  # noqa: E402
+
+PHASES = ((1, "stage 1 (head + body BN)"), (2, "stage 2 (all)"), (0, "inference"))
 
 
 def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float:
@@ -60,24 +68,40 @@ def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float
     return batch * steps / sum(times[2:])  # the first two steps warm up
 
 
+def measure_all(steps: int, size: int, batch: int) -> list[dict]:
+    """images/s of each phase on the CPU, and on CUDA (mixed precision) when torch sees a GPU."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for stage, name in PHASES:
+            rate = measure(device, stage, steps, size, batch)
+            rows.append({"device": device, "threads": torch.get_num_threads(), "phase": name, "size": size,
+                         "batch": batch, "images_per_s": round(rate, 1)})
+    return rows
+
+
+def summary_rows(steps: int = 8, size: int = 28, batch: int = 128) -> list[dict]:
+    """The suite's fine-tuning part: images/s per stage (CUDA rows too when a GPU is present)."""
+    rows = []
+    for r in measure_all(steps, size, batch):
+        device = r["device"] if r["device"] == "cuda" else f"cpu, {r['threads']} threads"
+        rows.append({"part": "finetune", "what": f"{r['phase']}, {device}, {size}x{size}, batch {batch}",
+                     "value": r["images_per_s"], "unit": "images/s"})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
-    for device in devices:
-        for stage, name in ((1, "stage 1 (head + body BN)"), (2, "stage 2 (all)"), (0, "inference")):
-            rate = measure(device, stage, args.steps, args.size, args.batch)
-            rows.append({"device": device, "threads": torch.get_num_threads(), "phase": name, "size": args.size,
-                         "batch": args.batch, "images_per_s": round(rate, 1)})
+    rows = measure_all(args.steps, args.size, args.batch)
     print(f"{'device':<7}{'threads':>8}  {'phase':<26}{'size':>5}{'batch':>6}{'images/s':>10}")
     for r in rows:
         print(f"{r['device']:<7}{r['threads']:>8}  {r['phase']:<26}{r['size']:>5}{r['batch']:>6}"
               f"{r['images_per_s']:>10.1f}")
-    out = Path("results/benchmarks/bench_finetune.csv")
+    out = ROOT / "results" / "benchmarks" / "bench_finetune.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

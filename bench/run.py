@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # everything (about 10-15 minutes on 2 cores)
     .venv/bin/python bench/run.py --only workflow tsne
+    .venv/bin/python bench/run.py --only tsne extraction finetune --quick   # tiny sizes, a smoke test
 
 Parts:
   workflow    cold default run (`snakemake --cores 2` on config.yaml in a fresh folder), per-rule wall/CPU/RSS
@@ -37,16 +38,26 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, {gpu}"
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    except OSError:
+        pass
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{gpu}; load average at the end {load} (1/5/15 min)")
 
 
 def snakemake(workdir: Path, *args: str) -> float:
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
          "--configfile", str(workdir / "config.yaml"), *args],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    if done.returncode:
+        raise RuntimeError(f"snakemake {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -54,7 +65,7 @@ def rule_of(benchmark_file: Path, root: Path) -> str:
     return str(benchmark_file.relative_to(root).with_suffix(""))
 
 
-def bench_workflow(cores: int = 2) -> list[dict]:
+def bench_workflow(cores: int = 2, quick: bool = False) -> list[dict]:
     """Cold default run, per-rule benchmark files, and a no-op rerun."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedscope-bench-") as tmp:
@@ -85,11 +96,17 @@ def load_bench(name: str):
     return module
 
 
+# --quick: tiny sizes for a smoke test of the suite (the workflow part has no quick form: it is the default run).
+QUICK = {
+    "tsne": {"sizes": (500, 1000)},
+    "extraction": {"n": 500, "sizes": (500, 5000), "repeats": 1},
+    "finetune": {"steps": 3},
+}
 PARTS = {
-    "workflow": bench_workflow,
-    "tsne": lambda: load_bench("bench_tsne").summary_rows(),
-    "extraction": lambda: load_bench("bench_extraction").summary_rows(),
-    "finetune": lambda: load_bench("bench_finetune").summary_rows(),
+    "workflow": lambda quick: bench_workflow(),
+    "tsne": lambda quick: load_bench("bench_tsne").summary_rows(**(QUICK["tsne"] if quick else {})),
+    "extraction": lambda quick: load_bench("bench_extraction").summary_rows(**(QUICK["extraction"] if quick else {})),
+    "finetune": lambda quick: load_bench("bench_finetune").summary_rows(**(QUICK["finetune"] if quick else {})),
 }
 
 
@@ -98,7 +115,7 @@ def write_summary(rows: list[dict], header: str) -> None:
     table = pd.DataFrame(rows, columns=["part", "what", "value", "unit", "target"])
     table.to_csv(OUT / "summary.csv", index=False)
     shown = table.copy()
-    shown["value"] = shown["value"].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
+    shown["value"] = shown["value"].map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
     shown = shown.fillna("")
     (OUT / "summary.md").write_text(f"# embedscope benchmarks\n\n{header}\n\n{shown.to_markdown(index=False)}\n")
 
@@ -106,17 +123,27 @@ def write_summary(rows: list[dict], header: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; figures not comparable)")
     args = parser.parse_args(argv)
     rows = []
     start = time.perf_counter()
     for part in args.only:
         print(f"[bench] {part} ...", flush=True)
-        part_rows = PARTS[part]()
+        part_start = time.perf_counter()
+        try:
+            part_rows = PARTS[part](args.quick)
+        except Exception as error:  # one broken part must not lose the others' figures
+            print(f"  {part} FAILED: {error}", file=sys.stderr, flush=True)
+            part_rows = [{"part": part, "what": f"FAILED: {type(error).__name__}: {str(error)[:200]}",
+                          "value": None, "unit": ""}]
+        part_rows.append({"part": part, "what": "part wall time (suite)", "value": time.perf_counter() - part_start,
+                          "unit": "s"})
         for row in part_rows:
             print(f"  {row['what']}: {row['value']} {row.get('unit', '')}", flush=True)
         rows += part_rows
-    header = f"Machine: {machine()}. Suite wall time {time.perf_counter() - start:.0f} s; " \
-             f"parts: {', '.join(args.only)}. Command: `.venv/bin/python bench/run.py`."
+    command = ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
+    header = f"Machine: {machine()}. Suite wall time {time.perf_counter() - start:.0f} s " \
+             f"(target < 900 s); parts: {', '.join(args.only)}. Command: `{command}`."
     write_summary(rows, header)
     print((OUT / "summary.md").read_text())
 

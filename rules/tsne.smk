@@ -18,6 +18,8 @@ rule embed_tsne:
         perplexity=config["tsne"]["perplexity"],
         pca_components=config["tsne"]["pca_components"],
         n_iter=config["tsne"]["n_iter"],
+        ints_in_interval=config["tsne"]["ints_in_interval"],
+        neighbors=config["tsne"]["neighbors"],
         seed=config["tsne"]["seed"],
         max_points=lambda w: dataset_settings(w.dataset).get("max_points"),
     log:

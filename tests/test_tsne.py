@@ -63,6 +63,8 @@ def test_bad_inputs_name_the_problem(blobs):
     x, _ = blobs
     with pytest.raises(ValueError, match="tsne.method"):
         embed_tsne(x, "umap")
+    with pytest.raises(ValueError, match="tsne.neighbors"):
+        embed_tsne(x, neighbors="hnsw")
     bad = x.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -112,6 +114,7 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     info = json.loads(meta.read_text())
     assert info["n"] == 100 and info["dim"] == 80 and info["dim_tsne_input"] == 50
     assert info["class_names"] == [f"c{i}" for i in range(5)] and info["weights"] == "random"
+    assert info["ints_in_interval"] == 2.0 and info["neighbors"] == "exact"
     assert sorted(p.name for p in out.parent.iterdir()) == ["layer4.csv", "layer4.json"]  # no temp files left
     first = out.read_bytes()
     run_tsne(store, "layer4", out, meta, **kwargs)
@@ -132,3 +135,17 @@ def test_run_tsne_without_predictions(tmp_path, blobs):
     out = tmp_path / "out.csv"
     run_tsne(store, "layer4", out, None, perplexity=10, n_iter=50, pca_components=0)
     assert list(pd.read_csv(out).columns) == ["index", "x", "y", "label"]
+
+
+def test_schema_defaults_are_embed_tsne_defaults():
+    """The workflow (schema defaults) and embed_tsne's keyword defaults, hence bench/bench_tsne.py, agree."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["tsne"]["properties"]
+    params = inspect.signature(embed_tsne).parameters
+    for key in ("method", "perplexity", "pca_components", "n_iter", "seed", "ints_in_interval", "neighbors"):
+        assert props[key]["default"] == params[key].default, key

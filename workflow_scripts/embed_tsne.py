@@ -17,6 +17,8 @@ run_tsne(
     perplexity=snakemake.params.perplexity,  # noqa: F821
     pca_components=snakemake.params.pca_components,  # noqa: F821
     n_iter=snakemake.params.n_iter,  # noqa: F821
+    ints_in_interval=snakemake.params.ints_in_interval,  # noqa: F821
+    neighbors=snakemake.params.neighbors,  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
     n_jobs=snakemake.threads,  # noqa: F821
     info={"dataset": snakemake.wildcards.dataset, "extractor": snakemake.wildcards.extractor},  # noqa: F821

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 METHODS = ("opentsne", "sklearn")
 EARLY_EXAGGERATION_ITER = 250  # both libraries' default; n_iter counts the iterations after it
+# openTSNE's FFT grid: one cell per `ints_in_interval` units of the map (openTSNE's default 1). The map spreads to
+# ~100-150 units, so the grid (and the FFT per iteration) grows with it; cells of 2 units make the optimisation
+# ~3-4x cheaper at 10,000 points with unchanged trustworthiness (bench/bench_tsne.py; see the config schema).
+INTS_IN_INTERVAL = 2.0
+# openTSNE's kNN for the affinities: "exact" (brute force, O(N^2 D): 0.35 s at 10,000 x 50 here, against 1.4 s for
+# the approximate "annoy" that "auto" picks above 1,000 points); "annoy"/"auto" for much larger N.
+NEIGHBORS = ("exact", "annoy", "auto")
 PREDICTION_EXTRACTOR = "resnet18_finetuned"
 
 
@@ -83,6 +90,17 @@ def effective_perplexity(perplexity: float, n: int) -> float:
     return float(perplexity)
 
 
+def passive_openmp_wait() -> None:
+    """Let OpenMP threads sleep rather than spin while they wait (unless OMP_WAIT_POLICY is set already).
+
+    openTSNE and scikit-learn load the same bundled libgomp, which reads the variable once, when the first of them
+    loads it (so this must run before either does). Spinning, libgomp's default, lets a waiting thread burn its
+    core: on a shared, oversubscribed machine openTSNE with n_jobs=2 ran 3x slower than with n_jobs=1 (N=1,000,
+    load average ~6); sleeping gave the same coordinates at n_jobs=1's speed.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def embed_tsne(
     features: np.ndarray,
     method: str = "opentsne",
@@ -91,15 +109,22 @@ def embed_tsne(
     n_iter: int = 500,
     seed: int = 0,
     n_jobs: int = 1,
+    ints_in_interval: float = INTS_IN_INTERVAL,
+    neighbors: str = "exact",
 ) -> np.ndarray:
     """2-D t-SNE coordinates (n, 2) float64 of ``features`` (n, D).
 
-    ``opentsne``: FFT-accelerated gradients, PCA initialisation, ``random_state=seed``; ``sklearn``:
+    ``opentsne``: affinities from ``neighbors`` (exact or approximate) nearest neighbours, FFT-accelerated
+    gradients on a grid of one cell per ``ints_in_interval`` map units (the
+    learning rate is openTSNE's "auto": N/12 during early exaggeration, N after), PCA initialisation,
+    ``random_state=seed``; ``sklearn``:
     scikit-learn's Barnes-Hut TSNE with PCA initialisation. Layers wider than ``pca_components`` are
     reduced with PCA first (0 = never). Same inputs and seed give identical coordinates.
     """
     if method not in METHODS:
         raise ValueError(f"config key 'tsne.method' is {method!r}; expected one of {list(METHODS)}")
+    if neighbors not in NEIGHBORS:
+        raise ValueError(f"config key 'tsne.neighbors' is {neighbors!r}; expected one of {list(NEIGHBORS)}")
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features must be 2-D (n, D), got shape {features.shape}")
@@ -108,6 +133,7 @@ def embed_tsne(
         raise ValueError(f"t-SNE needs at least 4 points, got {n}")
     if not np.isfinite(features).all():
         raise ValueError("features contain NaN or infinite values")
+    passive_openmp_wait()
     x = reduce_pca(features, pca_components, seed)
     perplexity = effective_perplexity(perplexity, n)
     if method == "opentsne":
@@ -118,6 +144,8 @@ def embed_tsne(
             perplexity=perplexity,
             initialization="pca",
             negative_gradient_method="fft",
+            ints_in_interval=float(ints_in_interval),
+            neighbors=neighbors,
             early_exaggeration_iter=EARLY_EXAGGERATION_ITER,
             n_iter=int(n_iter),
             n_jobs=int(n_jobs),
@@ -186,6 +214,8 @@ def run_tsne(
     seed: int = 0,
     n_jobs: int = 1,
     info: Mapping[str, Any] | None = None,
+    ints_in_interval: float = INTS_IN_INTERVAL,
+    neighbors: str = "exact",
 ) -> pd.DataFrame:
     """t-SNE of one feature-store layer's test split -> results/tsne/{dataset}/{extractor}/{layer}.csv.
 
@@ -202,7 +232,8 @@ def run_tsne(
     log.info("t-SNE of %s/%s: %d of %d test points, D=%d, method=%s, perplexity=%s",
              store, layer, len(positions), len(data.labels), features.shape[1], method, perplexity)
     start = time.perf_counter()
-    coords = embed_tsne(features, method, perplexity, pca_components, n_iter, seed, n_jobs)
+    coords = embed_tsne(features, method, perplexity, pca_components, n_iter, seed, n_jobs, ints_in_interval,
+                        neighbors)
     seconds = time.perf_counter() - start
     log.info("t-SNE done in %.1f s", seconds)
     table = pd.DataFrame({
@@ -225,6 +256,8 @@ def run_tsne(
         "perplexity": float(perplexity),
         "pca_components": int(pca_components),
         "n_iter": int(n_iter),
+        "ints_in_interval": float(ints_in_interval),
+        "neighbors": neighbors,
         "seed": int(seed),
         "max_points": max_points,
         "class_names": [str(c) for c in data.attrs.get("class_names", [])],
