@@ -7,6 +7,8 @@ import re
 import pytest
 from conftest import SMALL_CONFIG, run_snakemake
 
+from embedscope.layers import EXTRACTOR_LAYERS
+
 pytestmark = pytest.mark.e2e
 
 DATASET = next(iter(SMALL_CONFIG["datasets"]))
@@ -47,5 +49,5 @@ def test_new_perplexity_reruns_only_tsne_and_what_reads_it(small_run, tmp_path):
                  "compute_baseline", "plot_activations", "plot_activation_input", "plot_training",
                  "plot_top_losses", "plot_confusion"}
     assert not forbidden & set(rules), sorted(forbidden & set(rules))
-    expected_tsne = sum(len(v) for v in ({"scattering": 1, "resnet18": 8, "resnet18_finetuned": 4}.values()))
+    expected_tsne = sum(len(EXTRACTOR_LAYERS[extractor]) for extractor in SMALL_CONFIG["extractors"])
     assert rules.count("embed_tsne") == expected_tsne
