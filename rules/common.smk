@@ -61,6 +61,14 @@ def gpu_resources(mem_mb, runtime):
     return resources
 
 
+IMAGENET_WEIGHTS = "resources/weights/resnet18-f37072fd.pth"
+# The file the `resnet18.weights` setting reads (frozen extraction, fine-tuning, activation figures): the
+# ImageNet file, the given path, or nothing for random init.
+RESNET18_WEIGHTS_FILES = {"random": [], "imagenet": [IMAGENET_WEIGHTS]}.get(
+    config["resnet18"]["weights"], [config["resnet18"]["weights"]]
+)
+
+
 def store_path(dataset, extractor):
     return f"results/features/{dataset}/{extractor}.zarr"
 

@@ -1,18 +1,11 @@
 # Feature extraction (issue 3): results/data/{dataset}.zarr -> results/features/{dataset}/{extractor}.zarr,
 # one group per layer (scattering: `scattering`; resnet18: the eight body children, globally average-pooled).
 
-IMAGENET_WEIGHTS = "resources/weights/resnet18-f37072fd.pth"
 IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
 
 localrules:
     download_weights,
-
-
-# The file the `resnet18.weights` setting reads: the ImageNet file, a given path, or nothing for `random`.
-RESNET18_WEIGHTS_FILES = {"random": [], "imagenet": [IMAGENET_WEIGHTS]}.get(
-    config["resnet18"]["weights"], [config["resnet18"]["weights"]]
-)
 
 
 rule extract_features:

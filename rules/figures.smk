@@ -7,12 +7,6 @@ FIG_LOG = "results/logs/figures/{dataset}"
 
 
 TSNE = "results/tsne/{dataset}/{extractor}/{layer}"
-# The file the frozen body's weights come from (nothing for random init); the fine-tuned body reads its checkpoint.
-ACTIVATION_WEIGHTS = {"random": [], "imagenet": ["resources/weights/resnet18-f37072fd.pth"]}.get(
-    config["resnet18"]["weights"], [config["resnet18"]["weights"]]
-)
-
-
 rule plot_tsne:
     input:
         csv=f"{TSNE}.csv",
@@ -106,7 +100,7 @@ rule plot_activations:
         model=lambda w: (
             f"results/models/{w.dataset}/resnet18_finetuned.pt"
             if w.extractor == "resnet18_finetuned"
-            else ACTIVATION_WEIGHTS
+            else RESNET18_WEIGHTS_FILES
         ),
         images="results/data/{dataset}.zarr",
     output:

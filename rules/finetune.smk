@@ -2,16 +2,10 @@
 # fine-tuned layers (layer4, head_pool, head_hidden, softmax) of every image into a feature store.
 
 
-# The weights file fine-tuning starts from: nothing for random init, else the ImageNet file or the given path.
-FINETUNE_WEIGHTS_FILES = {"random": [], "imagenet": ["resources/weights/resnet18-f37072fd.pth"]}.get(
-    config["resnet18"]["weights"], [config["resnet18"]["weights"]]
-)
-
-
 rule finetune_resnet18:
     input:
         data="results/data/{dataset}.zarr",
-        weights=FINETUNE_WEIGHTS_FILES,
+        weights=RESNET18_WEIGHTS_FILES,
     output:
         model="results/models/{dataset}/resnet18_finetuned.pt",
         training_log="results/models/{dataset}/training_log.csv",
