@@ -13,7 +13,6 @@ Prints a table and writes results/benchmarks/bench_extraction.csv. `summary_rows
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -152,12 +152,7 @@ def main() -> None:
         rows += peak_rss(tmp, args.sizes, args.batch_size, args.threads)
 
     columns = ["measure", "case", "n", "batch_size", "threads", "seconds", "images_per_s", "max_rss_mb", "value"]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    output = write_rows(rows, args.output, columns)
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:

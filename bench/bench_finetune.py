@@ -10,7 +10,6 @@ Prints a table and writes results/benchmarks/bench_finetune.csv.
 """
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from embedscope import finetune as ft  # noqa: E402
 
@@ -101,13 +102,7 @@ def main():
     for r in rows:
         print(f"{r['device']:<7}{r['threads']:>8}  {r['phase']:<26}{r['size']:>5}{r['batch']:>6}"
               f"{r['images_per_s']:>10.1f}")
-    out = ROOT / "results" / "benchmarks" / "bench_finetune.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    print(f"wrote {write_rows(rows, 'bench_finetune.csv')}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 from embedscope.synthetic import write_mnist_raw  # noqa: E402
 
 RULES = {"ingest_dataset": "data/{id}.tsv", "extract_features scattering": "features/{id}/scattering.tsv",
@@ -102,12 +104,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         rows += run_size(n, args.cores, args.keep)
-    out = ROOT / "results" / "benchmarks" / "bench_scale.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = write_rows(rows, "bench_scale.csv")
     print(f"{'N':>7}  {'step':<36} {'wall s':>8} {'peak RSS MB':>12} {'CPU s':>8}")
     for r in rows:
         print(f"{r['n_images']:>7}  {r['step']:<36} {r['wall_s']:>8} {r['max_rss_mb']:>12} {r['cpu_time_s']:>8}")

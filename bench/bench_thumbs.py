@@ -13,7 +13,6 @@ Prints a table and writes results/benchmarks/bench_thumbs.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -81,13 +81,7 @@ def main() -> None:
     print("  ".join(columns))
     print("  ".join(str(rows[0][c]).ljust(len(c)) for c in columns))
     print(f"{'OK' if total < 30 else 'SLOW'}: the whole figure in {total:.1f} s (target < 30 s)")
-    out = ROOT / "results" / "benchmarks" / "bench_thumbs.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    print(f"wrote {write_rows(rows, 'bench_thumbs.csv', columns)}")
 
 
 if __name__ == "__main__":

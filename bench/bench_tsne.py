@@ -20,7 +20,6 @@ N = 2,000, 5,000 and 10,000, both methods side by side at each N.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -165,13 +165,7 @@ def main() -> None:
         delta = pipe["trustworthiness_k10"] - report["trustworthiness_k10"]
         print(f"N={pipe['n']}: speedup {pipe['speedup_vs_sklearn']:.2f}x (target >= 3x), trustworthiness difference "
               f"{delta:+.4f} (target within 0.01)")
-    out = ROOT / "results" / "benchmarks" / "bench_tsne.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    print(f"wrote {write_rows(rows, 'bench_tsne.csv', columns)}")
 
 
 if __name__ == "__main__":
