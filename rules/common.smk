@@ -20,6 +20,32 @@ EXTRACTORS = list(config["extractors"])
 FINETUNE = "resnet18_finetuned" in EXTRACTORS
 ENV = "../envs/embedscope.yaml"
 
+# ---- path templates: every file one stage hands to another, named once (README "Outputs") ---------------
+IMAGES = "results/data/{dataset}.zarr"
+BASELINE = "results/baseline/{dataset}/metrics.csv"
+FEATURES = "results/features/{dataset}/{extractor}.zarr"
+MODEL = "results/models/{dataset}/resnet18_finetuned.pt"
+TRAINING_LOG = "results/models/{dataset}/training_log.csv"
+PREDICTIONS = "results/models/{dataset}/predictions.csv"
+TSNE_CSV = "results/tsne/{dataset}/{extractor}/{layer}.csv"
+TSNE_META = "results/tsne/{dataset}/{extractor}/{layer}.json"
+FIGURES = "results/figures/{dataset}"
+METRICS = "results/metrics/{dataset}"
+EXPLORER = "results/explorer/{dataset}.html"
+LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"
+
+
+def report_entry(path, caption, category, **labels):
+    """A report() output: caption from report/{caption}.rst, grouped by category and dataset, labelled."""
+    return report(
+        path,
+        caption=f"../report/{caption}.rst",
+        category=category,
+        subcategory="{dataset}",
+        labels={"dataset": "{dataset}", **labels},
+    )
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -70,7 +96,7 @@ RESNET18_WEIGHTS_FILES = {"random": [], "imagenet": [IMAGENET_WEIGHTS]}.get(
 
 
 def store_path(dataset, extractor):
-    return f"results/features/{dataset}/{extractor}.zarr"
+    return FEATURES.format(dataset=dataset, extractor=extractor)
 
 
 def torchvision_files(name, root="resources/datasets"):
@@ -95,36 +121,26 @@ def activation_image(dataset):
 
 
 def data_targets():
-    return expand("results/data/{dataset}.zarr", dataset=DATASETS)
+    return expand(IMAGES, dataset=DATASETS)
 
 
 def baseline_targets():
-    return expand(
-        ["results/baseline/{dataset}/metrics.csv", "results/figures/{dataset}/class_means.png"],
-        dataset=DATASETS,
-    )
+    return expand([BASELINE, f"{FIGURES}/class_means.png"], dataset=DATASETS)
 
 
 def feature_targets():
-    return expand("results/features/{dataset}/{extractor}.zarr", dataset=DATASETS, extractor=EXTRACTORS)
+    return expand(FEATURES, dataset=DATASETS, extractor=EXTRACTORS)
 
 
 def finetune_targets():
     if not FINETUNE:
         return []
-    return expand(
-        [
-            "results/models/{dataset}/resnet18_finetuned.pt",
-            "results/models/{dataset}/training_log.csv",
-            "results/models/{dataset}/predictions.csv",
-        ],
-        dataset=DATASETS,
-    )
+    return expand([MODEL, TRAINING_LOG, PREDICTIONS], dataset=DATASETS)
 
 
 def tsne_targets():
     return [
-        f"results/tsne/{dataset}/{extractor}/{layer}.csv"
+        TSNE_CSV.format(dataset=dataset, extractor=extractor, layer=layer)
         for dataset in DATASETS
         for extractor in EXTRACTORS
         for layer in layers_of(extractor)
@@ -134,7 +150,7 @@ def tsne_targets():
 def figure_targets():
     targets = []
     for dataset in DATASETS:
-        fig = f"results/figures/{dataset}"
+        fig = FIGURES.format(dataset=dataset)
         for extractor in EXTRACTORS:
             for layer in layers_of(extractor):
                 targets.append(f"{fig}/tsne/{extractor}/{layer}.png")
@@ -158,19 +174,19 @@ def figure_targets():
 def metrics_targets():
     return expand(
         [
-            "results/metrics/{dataset}/classifiers.csv",
-            "results/metrics/{dataset}/classifiers.md",
-            "results/metrics/{dataset}/embedding_quality.csv",
-            "results/metrics/{dataset}/embedding_quality.md",
-            "results/figures/{dataset}/metrics/accuracy_by_layer.png",
-            "results/figures/{dataset}/metrics/depth.png",
+            f"{METRICS}/classifiers.csv",
+            f"{METRICS}/classifiers.md",
+            f"{METRICS}/embedding_quality.csv",
+            f"{METRICS}/embedding_quality.md",
+            f"{FIGURES}/metrics/accuracy_by_layer.png",
+            f"{FIGURES}/metrics/depth.png",
         ],
         dataset=DATASETS,
     )
 
 
 def explorer_targets():
-    return expand("results/explorer/{dataset}.html", dataset=DATASETS)
+    return expand(EXPLORER, dataset=DATASETS)
 
 
 def all_targets():

@@ -1,9 +1,9 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.resnet import download_imagenet_weights  # noqa: E402
-from embedscope.runtime import setup_logging  # noqa: E402
+from embedscope.resnet import download_imagenet_weights
+from embedscope.runtime import setup_logging
 
 setup_logging()
-download_imagenet_weights(snakemake.output[0], url=snakemake.params.url)  # noqa: F821
+download_imagenet_weights(snakemake.output[0], url=snakemake.params.url)

@@ -1,22 +1,22 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.metrics import evaluate_classifiers  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.metrics import evaluate_classifiers
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 evaluate_classifiers(
-    snakemake.input.images,  # noqa: F821
-    snakemake.params.extractors,  # noqa: F821
-    list(snakemake.input.stores),  # noqa: F821
-    snakemake.input.baseline,  # noqa: F821
-    snakemake.input.predictions[0] if snakemake.input.predictions else None,  # noqa: F821
-    snakemake.output.csv,  # noqa: F821
-    snakemake.output.md,  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    settings=snakemake.params.metrics,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
-    weights=snakemake.params.weights,  # noqa: F821
+    snakemake.input.images,
+    snakemake.params.extractors,
+    list(snakemake.input.stores),
+    snakemake.input.baseline,
+    snakemake.input.predictions[0] if snakemake.input.predictions else None,
+    snakemake.output.csv,
+    snakemake.output.md,
+    dataset=snakemake.wildcards.dataset,
+    settings=snakemake.params.metrics,
+    seed=snakemake.params.seed,
+    threads=snakemake.threads,
+    weights=snakemake.params.weights,
 )

@@ -1,15 +1,15 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.figures import plot_activation_input  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.figures import plot_activation_input
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 plot_activation_input(
-    snakemake.input.images,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    position=snakemake.params.position,  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
+    snakemake.input.images,
+    snakemake.output[0],
+    dataset=snakemake.wildcards.dataset,
+    position=snakemake.params.position,
+    dpi=snakemake.params.dpi,
 )

@@ -1,22 +1,22 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.figures import plot_activations  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.figures import plot_activations
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 plot_activations(
-    snakemake.input.images,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    extractor=snakemake.wildcards.extractor,  # noqa: F821
-    layer=snakemake.wildcards.layer,  # noqa: F821
-    position=snakemake.params.position,  # noqa: F821
-    weights=snakemake.params.weights,  # noqa: F821
-    resize=snakemake.params.resize,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    resources=snakemake.params.resources,  # noqa: F821
-    model_path=snakemake.input.model or None,  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
+    snakemake.input.images,
+    snakemake.output[0],
+    dataset=snakemake.wildcards.dataset,
+    extractor=snakemake.wildcards.extractor,
+    layer=snakemake.wildcards.layer,
+    position=snakemake.params.position,
+    weights=snakemake.params.weights,
+    resize=snakemake.params.resize,
+    seed=snakemake.params.seed,
+    resources=snakemake.params.resources,
+    model_path=snakemake.input.model or None,
+    dpi=snakemake.params.dpi,
 )

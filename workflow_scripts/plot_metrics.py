@@ -1,17 +1,17 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.metrics import plot_metrics  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.metrics import plot_metrics
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 plot_metrics(
-    snakemake.input.classifiers,  # noqa: F821
-    snakemake.input.embeddings,  # noqa: F821
-    snakemake.output.accuracy,  # noqa: F821
-    snakemake.output.depth,  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
-    weights=snakemake.params.weights,  # noqa: F821
+    snakemake.input.classifiers,
+    snakemake.input.embeddings,
+    snakemake.output.accuracy,
+    snakemake.output.depth,
+    dataset=snakemake.wildcards.dataset,
+    dpi=snakemake.params.dpi,
+    weights=snakemake.params.weights,
 )

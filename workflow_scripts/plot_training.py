@@ -1,15 +1,15 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.figures import plot_training  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.figures import plot_training
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 plot_training(
-    snakemake.input.training_log,  # noqa: F821
-    snakemake.output.loss,  # noqa: F821
-    snakemake.output.lr,  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
+    snakemake.input.training_log,
+    snakemake.output.loss,
+    snakemake.output.lr,
+    dataset=snakemake.wildcards.dataset,
+    dpi=snakemake.params.dpi,
 )

@@ -1,19 +1,19 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.figures import plot_tsne_thumbs  # noqa: E402
-from embedscope.runtime import start_job  # noqa: E402
+from embedscope.figures import plot_tsne_thumbs
+from embedscope.runtime import start_job
 
-device = start_job(snakemake)  # noqa: F821
+start_job(snakemake)
 plot_tsne_thumbs(
-    snakemake.input.csv,  # noqa: F821
-    snakemake.input.meta,  # noqa: F821
-    snakemake.input.images,  # noqa: F821
-    snakemake.output[0],  # noqa: F821
-    dataset=snakemake.wildcards.dataset,  # noqa: F821
-    extractor=snakemake.wildcards.extractor,  # noqa: F821
-    layer=snakemake.wildcards.layer,  # noqa: F821
-    thumbnail_size=snakemake.params.thumbnail_size,  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
+    snakemake.input.csv,
+    snakemake.input.meta,
+    snakemake.input.images,
+    snakemake.output[0],
+    dataset=snakemake.wildcards.dataset,
+    extractor=snakemake.wildcards.extractor,
+    layer=snakemake.wildcards.layer,
+    thumbnail_size=snakemake.params.thumbnail_size,
+    dpi=snakemake.params.dpi,
 )

@@ -1,9 +1,9 @@
 import sys
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.download import verify_inputs  # noqa: E402
-from embedscope.runtime import setup_logging  # noqa: E402
+from embedscope.download import verify_inputs
+from embedscope.runtime import setup_logging
 
 setup_logging()
-verify_inputs(snakemake.input)  # noqa: F821
+verify_inputs(snakemake.input)
