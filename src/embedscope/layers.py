@@ -19,3 +19,11 @@ EXTRACTOR_LAYERS: dict[str, tuple[str, ...]] = {
 
 # Extractors whose body layers are drawn in the activation figures (report Figures 7-14).
 ACTIVATION_EXTRACTORS = ("resnet18", "resnet18_finetuned")
+
+# Fine-tuning's layer groups (fastai's resnet split), by the number of groups `finetune.lr_groups` asks for:
+# each group gets its own learning rate in stage 2, and the training figures name the groups with these.
+LR_GROUP_NAMES: dict[int, tuple[str, ...]] = {
+    1: ("all",),
+    2: ("body", "head"),
+    3: ("body front", "body back", "head"),
+}
