@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
+import resource
 import sys
+import time
 
 import numpy as np
 
@@ -59,14 +62,46 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+JOB_SUMMARY = "job summary:"  # the prefix of the last line of every job's log (see log_job_summary)
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process, its waited-for children): the kernel's high-water mark of resident memory, in MB.
+
+    Snakemake's ``benchmark:`` samples RSS every few seconds and can miss a short peak; this cannot.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def log_job_summary(rule: str, started: float, mem_mb, runtime_min) -> None:
+    """One line: wall time and true peak memory beside what the rule declared (mem_mb, runtime in minutes).
+
+    A job that used more than it declared is flagged, since a cluster that enforces ``--mem`` kills it.
+    """
+    own, children = peak_rss_mb()
+    wall = time.perf_counter() - started
+    level = logging.INFO
+    if (mem_mb and max(own, children) > float(mem_mb)) or (runtime_min and wall > 60 * float(runtime_min)):
+        level = logging.WARNING
+    log.log(level, "%s rule=%s wall_s=%.1f peak_rss_mb=%.0f children_peak_rss_mb=%.0f mem_mb=%s runtime_min=%s",
+            JOB_SUMMARY, rule, wall, own, children, mem_mb, runtime_min)
+
+
 def start_job(snakemake, seed: int | None = None, deterministic: bool | None = None) -> str:
     """Common start of a workflow script: logging, threads, seeds. Returns the resolved device.
+
+    At exit the job logs its wall time and true peak memory against its declared resources (log_job_summary).
 
     Only a job whose stage module imported torch (the script imports it before calling this) pays for torch:
     threads, GPU choice, device and torch seeds. The ~50 t-SNE, figure and table jobs of a run skip the
     1-2 s of `import torch` each and seed only Python and NumPy.
     """
     setup_logging()
+    resources = getattr(snakemake, "resources", None)
+    atexit.register(log_job_summary, str(snakemake.rule), time.perf_counter(),
+                    getattr(resources, "mem_mb", None), getattr(resources, "runtime", None))
     params = snakemake.params
     config = snakemake.config
     threads = getattr(snakemake, "threads", 1)

@@ -1,0 +1,41 @@
+"""What every job does at start and exit: the job-summary line with the true peak memory and the declared limits."""
+
+import re
+import subprocess
+import sys
+import textwrap
+
+JOB = textwrap.dedent(
+    """
+    import sys
+    from types import SimpleNamespace
+    import numpy as np
+    from embedscope import runtime
+    job = SimpleNamespace(params=SimpleNamespace(), config={"seed": 0}, threads=1, rule="hungry",
+                          resources=SimpleNamespace(mem_mb=int(sys.argv[1]), runtime=5))
+    runtime.start_job(job)
+    block = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MiB touched, then freed before exit
+    del block
+    """
+)
+
+
+def run_job(mem_mb: int) -> str:
+    out = subprocess.run([sys.executable, "-c", JOB, str(mem_mb)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "job summary:" in line]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_job_summary_reports_the_high_water_mark_not_the_memory_at_exit():
+    line = run_job(mem_mb=100)
+    peak = float(re.search(r"peak_rss_mb=(\d+)", line).group(1))
+    assert peak >= 300  # the 300 MiB block was freed before exit; the high-water mark still holds it
+    assert "rule=hungry" in line and "mem_mb=100 runtime_min=5" in line
+    assert " WARNING " in line  # more than declared: a cluster enforcing --mem would kill this job
+
+
+def test_job_within_its_declaration_is_not_flagged():
+    line = run_job(mem_mb=100_000)
+    assert " INFO " in line and " WARNING " not in line
