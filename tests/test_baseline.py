@@ -1,9 +1,10 @@
 """The class-mean baseline on hand-made toys with known answers."""
 
 import numpy as np
-import pandas as pd
 import pytest
+from PIL import Image
 
+from embedscope.artifacts import BASELINE_COLUMNS, read_baseline
 from embedscope.baseline import class_mean_images, compute_baseline, nearest_class_mean
 from embedscope.store import write_image_store
 
@@ -37,8 +38,15 @@ def test_compute_baseline_on_a_toy_store(tmp_path):
     split = np.tile([0, 0, 0, 1], 10).astype(np.uint8)
     write_image_store(tmp_path / "toy.zarr", images, labels, split, ["dark", "bright"])
     table = compute_baseline(tmp_path / "toy.zarr", tmp_path / "m.csv", tmp_path / "means.png", "toy")
-    saved = pd.read_csv(tmp_path / "m.csv")
-    assert list(saved.columns) == ["dataset", "method", "distance", "accuracy", "macro_f1", "n_test"]
+    assert (tmp_path / "m.csv").read_text() == (
+        "dataset,method,distance,accuracy,macro_f1,n_test\n"
+        "toy,nearest_class_mean,l1,1.0,1.0,10\n"
+        "toy,nearest_class_mean,l2,1.0,1.0,10\n"
+    )
+    saved = read_baseline(tmp_path / "m.csv")
+    assert list(saved.columns) == list(BASELINE_COLUMNS)
     assert np.allclose(saved.accuracy, 1.0) and (saved.n_test == 10).all()
     assert table.shape == (2, 6)
-    assert (tmp_path / "means.png").stat().st_size > 1000
+    with Image.open(tmp_path / "means.png") as png:
+        assert png.format == "PNG" and png.size == (440, 240)  # 4.4 x (1.9 + 0.5) inches at 100 dpi
+    assert not list(tmp_path.glob(".*tmp*"))

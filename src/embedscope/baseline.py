@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
+from embedscope.artifacts import BASELINE_COLUMNS, save_figure, write_table
 from embedscope.store import read_image_store
 
 
@@ -52,16 +51,14 @@ def baseline_table(images_train, labels_train, images_test, labels_test, n_class
     return pd.DataFrame(rows)
 
 
-def plot_class_means(means: np.ndarray, class_names, path, title: str, dpi: int = 100) -> None:
+def class_means_figure(means: np.ndarray, class_names, title: str):
     """The report's Figure 1: class means in a grid of two columns (5x2 for ten classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = len(means)
     rows = (n + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(4.4, 1.9 * rows + 0.5), squeeze=False)
+    fig = Figure(figsize=(4.4, 1.9 * rows + 0.5))
+    axes = fig.subplots(rows, 2, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:
@@ -73,9 +70,7 @@ def plot_class_means(means: np.ndarray, class_names, path, title: str, dpi: int 
         ax.set_title(class_names[i], fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
+    return fig
 
 
 def compute_baseline(image_store, metrics_csv, class_means_png, dataset: str = "", dpi: int = 100) -> pd.DataFrame:
@@ -86,12 +81,10 @@ def compute_baseline(image_store, metrics_csv, class_means_png, dataset: str = "
     n_classes = len(data.class_names)
     table = baseline_table(x_train, y_train, x_test, y_test, n_classes)
     table.insert(0, "dataset", dataset)
-    Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(metrics_csv, index=False)
+    write_table(table[list(BASELINE_COLUMNS)], metrics_csv)
     means = class_mean_images(x_train, y_train, n_classes)
     l1 = table.loc[table.distance == "l1", "accuracy"].item()
-    plot_class_means(means, data.class_names, class_means_png,
-                     f"{dataset}: class means of {len(y_train)} training images\n"
-                     f"L1 nearest-class-mean accuracy {l1:.3f} on {len(y_test)} test images",
-                     dpi=dpi)
+    title = (f"{dataset}: class means of {len(y_train)} training images\n"
+             f"L1 nearest-class-mean accuracy {l1:.3f} on {len(y_test)} test images")
+    save_figure(class_means_figure(means, data.class_names, title), class_means_png, dpi)
     return table

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from embedscope.sources import MNIST_CLASSES
 from embedscope.store import SPLIT_CODES, write_image_store
 
 log = logging.getLogger(__name__)
 
-MNIST_CLASSES = [str(d) for d in range(10)]
 EMBEDDED_DEFAULT_TEST = 2000
 
 
@@ -59,7 +59,7 @@ def read_embedded():
     pixels, labels = mnist_data()
     images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
     digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
-    return images, labels.astype(np.int64), None, MNIST_CLASSES, {"input_sha256": digest}
+    return images, labels.astype(np.int64), None, list(MNIST_CLASSES), {"input_sha256": digest}
 
 
 def _read_source(settings: Mapping[str, Any], resources: Path):
