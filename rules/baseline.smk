@@ -13,8 +13,8 @@ rule compute_baseline:
         f"{LOGS}/baseline/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lambda w: baseline_size(w)["mem_mb"],
+        runtime=lambda w: baseline_size(w)["runtime"],
     conda:
         ENV
     script:
