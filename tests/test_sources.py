@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -15,8 +16,8 @@ import pytest
 from PIL import Image
 
 from embedscope.datasets import assign_split, ingest_dataset
-from embedscope.sources import SourceError, list_imagefolder, read_idx, read_imagefolder, read_torchvision
-from embedscope.store import read_image_store
+from embedscope.sources import ImageFolder, SourceError, list_imagefolder, read_idx, read_imagefolder, read_torchvision
+from embedscope.store import ImageStoreWriter, read_image_store
 from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
 
 # ---- MNIST IDX --------------------------------------------------------------------------------------------
@@ -363,3 +364,23 @@ def test_failed_ingest_leaves_no_store(tmp_path):
     with pytest.raises(SourceError, match=named):
         _ingest(tmp_path / "folder", tmp_path / "s.zarr", threads=2, n_test=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_a_colour_file_left_out_of_the_store_still_makes_it_rgb(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "only" / f"{i}.png", 50 + i)
+    _png(tmp_path / "only" / "3.png", 7, mode="RGB")
+    folder = ImageFolder(tmp_path)
+
+    def gray_files_only(labels, split):
+        @contextlib.contextmanager
+        def open_sink(shape):
+            with ImageStoreWriter(tmp_path / "s.zarr", labels[:3], np.zeros(3), ["only"], shape) as writer:
+                yield writer
+
+        return np.arange(3), open_sink
+
+    folder.decode(gray_files_only, threads=2)
+    store = read_image_store(tmp_path / "s.zarr")
+    assert store.images.shape == (3, 8, 6, 3) and store.attrs["channels"] == 3
+    assert store.images[:, 0, 0].tolist() == [[50] * 3, [51] * 3, [52] * 3]

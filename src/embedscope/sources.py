@@ -442,7 +442,8 @@ class ImageFolder:
         sink = None
         read = _in_order(lambda i: _read_image(entries[i].path, self.image_size), order, threads)
         for i, (data, image, original, why) in zip(order, read, strict=True):
-            digest.update(self.listing.relpath(entries[i]).encode() + b"\0" + (data or b""))
+            digest.update(self.listing.relpath(entries[i]).encode() + b"\0")
+            digest.update(data or b"")
             if why is not None:
                 scan.bad[int(i)] = why
                 scan.complete = False
@@ -453,11 +454,13 @@ class ImageFolder:
             if not scan.complete or rows[i] < 0:
                 continue
             if sink is None:
-                sink = open_sink((*image.shape[:2], channels or (3 if image.ndim == 3 else 1)))
+                sink = open_sink((*image.shape[:2], channels or (3 if scan.colour else 1)))
             if image.shape[:2] != sink.image_shape[:2] or (image.ndim == 3 and sink.image_shape[2] == 1):
                 scan.complete = False
                 continue
             sink.put(int(rows[i]), _as_channels(image, sink.image_shape[2]))
+        if sink is not None and scan.colour and sink.image_shape[2] == 1:
+            scan.complete = False  # a colour file that is not stored makes the stored grayscale ones RGB too
         scan.checksum = digest.hexdigest()
         return scan, sink
 

@@ -230,7 +230,7 @@ class ImageStoreWriter:
     def _finish(self) -> None:
         if self._pending or self._written != len(self):
             raise StoreError(f"store {self.path}: {len(self) - self._written} of {len(self)} image rows were "
-                             "never written")
+                             "never written (or some twice)")
         create_array(self._group, "labels", self.labels)
         create_array(self._group, "split", self.split)
         counts = {
@@ -270,11 +270,12 @@ class ImageStoreWriter:
         size = min(self.chunk_rows, len(self) - first)
         buffer, filled = self._pending.get(chunk) or (np.empty((size, *self.image_shape), np.uint8), 0)
         buffer[row - first] = image
+        self._written += 1
         if filled + 1 < size:
             self._pending[chunk] = (buffer, filled + 1)
             return
         self._pending.pop(chunk, None)
-        self.write(first, buffer)
+        self._images[first : first + size] = buffer
 
 
 def write_image_store(
