@@ -264,7 +264,7 @@ def test_listing_follows_the_reader_layout_and_its_fingerprint_tracks_the_files(
     (tmp_path / "flat" / "class_1" / "UPPER.PNG").write_bytes(b"not decoded when listing")
     listing = list_imagefolder(tmp_path / "flat")
     assert listing.layout == "classes" and listing.class_names == ["class_0", "class_1"]
-    assert [listing.relpath(e) for e in listing.entries] == [
+    assert [e.relpath for e in listing.entries] == [
         "class_0/00000.png", "class_0/00001.png", "class_1/00000.png", "class_1/00001.png", "class_1/UPPER.PNG"]
     assert [(e.split, e.label) for e in listing.entries] == [(None, 0), (None, 0), (None, 1), (None, 1), (None, 1)]
     assert listing.entries[-1].size == len(b"not decoded when listing")
@@ -281,7 +281,7 @@ def test_listing_follows_the_reader_layout_and_its_fingerprint_tracks_the_files(
         write_imagefolder(tmp_path / "tt" / part, n_per_class=1, size=(4, 4), n_classes=2)
     listing = list_imagefolder(tmp_path / "tt")
     assert listing.layout == "train_test"
-    assert [(listing.relpath(e), e.split, e.label) for e in listing.entries] == [
+    assert [(e.relpath, e.split, e.label) for e in listing.entries] == [
         ("train/class_0/00000.png", 0, 0), ("train/class_1/00000.png", 0, 1),
         ("test/class_0/00000.png", 1, 0), ("test/class_1/00000.png", 1, 1)]
 

@@ -228,12 +228,18 @@ def read_torchvision(name: str, root: str | os.PathLike):
 
 @dataclass(frozen=True)
 class FolderEntry:
-    """One listed image file: split code (None without train/test folders), class label, path, size in bytes."""
+    """One listed image file: split code (None without train/test folders), class label, path relative to the
+    root (with "/"), size in bytes."""
 
     split: int | None
     label: int
-    path: Path
+    relpath: str
     size: int
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relpath
 
 
 @dataclass(frozen=True)
@@ -246,16 +252,14 @@ class ImageFolderListing:
     entries: list[FolderEntry]
 
     def paths(self) -> list[str]:
-        return [str(e.path) for e in self.entries]
-
-    def relpath(self, entry: FolderEntry) -> str:
-        return str(entry.path.relative_to(self.root)).replace(os.sep, "/")
+        root = str(self.root)
+        return [os.path.join(root, e.relpath) for e in self.entries]
 
     def fingerprint(self) -> str:
         """A digest of the listing (relative names and sizes): changes when a file is added, removed or resized."""
         digest = hashlib.sha256()
         for entry in self.entries:
-            digest.update(f"{self.relpath(entry)}\0{entry.size}\n".encode())
+            digest.update(f"{entry.relpath}\0{entry.size}\n".encode())
         return digest.hexdigest()[:16]
 
 
@@ -314,7 +318,8 @@ def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
             files = _scan_folder(folder / name)[1]
             if not files:
                 empty.append(folder / name)
-            entries += [FolderEntry(code if part else None, label, folder / name / f, size) for f, size in files]
+            prefix = f"{part}/{name}/" if part else f"{name}/"
+            entries += [FolderEntry(code if part else None, label, prefix + f, size, root) for f, size in files]
     if empty:
         raise SourceError(
             f"{len(empty)} empty class folder(s) (no {'/'.join(IMAGE_SUFFIXES)} files):\n" + _listing(empty)
@@ -442,7 +447,7 @@ class ImageFolder:
         sink = None
         read = _in_order(lambda i: _read_image(entries[i].path, self.image_size), order, threads)
         for i, (data, image, original, why) in zip(order, read, strict=True):
-            digest.update(self.listing.relpath(entries[i]).encode() + b"\0")
+            digest.update(entries[i].relpath.encode() + b"\0")
             digest.update(data or b"")
             if why is not None:
                 scan.bad[int(i)] = why
@@ -497,7 +502,7 @@ class ImageFolder:
             "original_sizes": {f"{h}x{w}": n for (h, w), n in sorted(scan.originals.items())},
             "n_files": len(self.listing.entries),
             "skipped_images": len(scan.bad),
-            "skipped_files": [self.listing.relpath(self.listing.entries[i]) for i in sorted(scan.bad)],
+            "skipped_files": [self.listing.entries[i].relpath for i in sorted(scan.bad)],
             "input_sha256": scan.checksum,
         }
 
