@@ -107,7 +107,9 @@ def assign_split(labels, split, settings: Mapping[str, Any]) -> tuple[np.ndarray
 
 def _ingest_imagefolder(settings: Mapping[str, Any], out_path, attrs: Mapping[str, Any], threads: int) -> None:
     """Stream an image folder into the store: the split is planned from the listing's labels, then the files
-    are decoded on ``threads`` threads straight into the store's preallocated images array."""
+    are decoded on ``threads`` threads straight into the store's preallocated images array. Files arrive in
+    listing order and the store holds the train rows then the test rows, each in listing order, so at most a
+    chunk of each is being gathered at any time."""
     from embedscope.sources import ImageFolder
 
     folder = ImageFolder(settings["root"], settings.get("image_size"), settings.get("on_bad_image", "error"))
