@@ -3,24 +3,18 @@
 
 rule compute_baseline:
     input:
-        "results/data/{dataset}.zarr",
+        IMAGES,
     output:
-        metrics="results/baseline/{dataset}/metrics.csv",
-        figure=report(
-            "results/figures/{dataset}/class_means.png",
-            caption="../report/class_means.rst",
-            category="Baseline",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "class means"},
-        ),
+        metrics=BASELINE,
+        figure=report_entry(f"{FIGURES}/class_means.png", "class_means", "Baseline", figure="class means"),
     params:
         dpi=config["figures"]["dpi"],
     log:
-        "results/logs/baseline/{dataset}.log",
+        f"{LOGS}/baseline/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lambda w: baseline_size(w)["mem_mb"],
+        runtime=lambda w: baseline_size(w)["runtime"],
     conda:
         ENV
     script:

@@ -1,5 +1,6 @@
 # Helpers shared by all rule files (config validation, wildcard values, target lists); no rules here.
 
+import functools
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYERS  # noqa: E402
 from embedscope.configcheck import check_config  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
+from embedscope.footprint import baseline_resources, dataset_extent, ingest_resources  # noqa: E402
+from embedscope.sources import list_imagefolder  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_config(config)
@@ -104,12 +107,54 @@ def torchvision_files(name, root="resources/datasets"):
     return staged_paths(name, root)
 
 
+@functools.cache
+def imagefolder_listing(root):
+    """The image files of a configured image folder, listed once per Snakemake run (names and sizes, no decoding)."""
+    return list_imagefolder(root)
+
+
 def ingest_inputs(wildcards):
-    """Staged raw files of a torchvision dataset (fetched by the local download rules), else nothing."""
+    """Staged raw files of a torchvision dataset (fetched by the local download rules), an image folder's image
+    files (so that a new or changed image reruns ingest), else nothing."""
     settings = dataset_settings(wildcards.dataset)
     if settings["source"] == "torchvision" and not settings.get("root"):
         return torchvision_files(settings["name"])
+    if settings["source"] == "imagefolder":
+        return imagefolder_listing(settings["root"]).paths()
     return []
+
+
+def ingest_fingerprint(wildcards):
+    """A digest of an image folder's listing (names and sizes): a params change, so that removing an image
+    reruns ingest too (a removed input file alone does not)."""
+    settings = dataset_settings(wildcards.dataset)
+    if settings["source"] == "imagefolder":
+        return imagefolder_listing(settings["root"]).fingerprint()
+    return ""
+
+
+INGEST_THREADS = 4  # image folders decode in parallel; the other sources are read in one thread
+
+
+def ingest_threads(wildcards):
+    return INGEST_THREADS if dataset_settings(wildcards.dataset)["source"] == "imagefolder" else 1
+
+
+def extent_of(dataset):
+    """How big a dataset is known to be before ingest (embedscope.footprint), for the rules' resources."""
+    settings = dataset_settings(dataset)
+    if settings["source"] != "imagefolder":
+        return dataset_extent(settings)
+    listing = imagefolder_listing(settings["root"])
+    return dataset_extent(settings, len(listing.entries), len(listing.class_names))
+
+
+def ingest_size(wildcards, threads):
+    return ingest_resources(extent_of(wildcards.dataset), threads)
+
+
+def baseline_size(wildcards):
+    return baseline_resources(extent_of(wildcards.dataset))
 
 
 def activation_image(dataset):

@@ -1,10 +1,17 @@
 """The class-mean baseline on hand-made toys with known answers."""
 
 import numpy as np
-import pandas as pd
 import pytest
+from PIL import Image
 
-from embedscope.baseline import class_mean_images, compute_baseline, nearest_class_mean
+from embedscope.artifacts import BASELINE_COLUMNS, read_baseline
+from embedscope.baseline import (
+    ClassMeans,
+    class_mean_images,
+    compute_baseline,
+    nearest_class_mean,
+    streamed_baseline,
+)
 from embedscope.store import write_image_store
 
 
@@ -37,8 +44,37 @@ def test_compute_baseline_on_a_toy_store(tmp_path):
     split = np.tile([0, 0, 0, 1], 10).astype(np.uint8)
     write_image_store(tmp_path / "toy.zarr", images, labels, split, ["dark", "bright"])
     table = compute_baseline(tmp_path / "toy.zarr", tmp_path / "m.csv", tmp_path / "means.png", "toy")
-    saved = pd.read_csv(tmp_path / "m.csv")
-    assert list(saved.columns) == ["dataset", "method", "distance", "accuracy", "macro_f1", "n_test"]
+    assert (tmp_path / "m.csv").read_text() == (
+        "dataset,method,distance,accuracy,macro_f1,n_test\n"
+        "toy,nearest_class_mean,l1,1.0,1.0,10\n"
+        "toy,nearest_class_mean,l2,1.0,1.0,10\n"
+    )
+    saved = read_baseline(tmp_path / "m.csv")
+    assert list(saved.columns) == list(BASELINE_COLUMNS)
     assert np.allclose(saved.accuracy, 1.0) and (saved.n_test == 10).all()
     assert table.shape == (2, 6)
-    assert (tmp_path / "means.png").stat().st_size > 1000
+    with Image.open(tmp_path / "means.png") as png:
+        assert png.format == "PNG" and png.size == (440, 240)  # 4.4 x (1.9 + 0.5) inches at 100 dpi
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_streamed_baseline_equals_the_in_memory_computation(tmp_path):
+    # 64x64x3 rows: 170 rows a chunk, so 900 images make six chunks with train and test rows in each
+    rng = np.random.default_rng(3)
+    labels = np.arange(900) % 4
+    images = np.clip(rng.normal(60 * labels[:, None, None, None], 50, (900, 64, 64, 3)), 0, 255).astype(np.uint8)
+    split = (np.arange(900) % 3 == 0).astype(np.uint8)
+    write_image_store(tmp_path / "s.zarr", images, labels, split, list("abcd"))
+    means, y_test, predictions = streamed_baseline(tmp_path / "s.zarr", 4)
+
+    train, test = split == 0, split == 1
+    expected = class_mean_images(images[train], labels[train], 4)
+    assert np.array_equal(means, expected)  # whole-number sums: exact whatever the chunking
+    assert np.array_equal(means, np.stack([images[train & (labels == c)].astype(float).mean(0) for c in range(4)]))
+    np.testing.assert_array_equal(y_test, labels[test])
+    for distance in ("l1", "l2"):
+        np.testing.assert_array_equal(predictions[distance], nearest_class_mean(images[test], expected, distance))
+    accumulator = ClassMeans(5)
+    accumulator.add(images[:10], labels[:10])
+    with pytest.raises(ValueError, match="class 4 has no training image"):
+        accumulator.means()

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import os
 import pickle
 import struct
+import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from embedscope.sources import SourceError, read_idx, read_imagefolder, read_torchvision
-from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_mnist_raw
+from embedscope.datasets import assign_split, ingest_dataset
+from embedscope.sources import ImageFolder, SourceError, list_imagefolder, read_idx, read_imagefolder, read_torchvision
+from embedscope.store import ImageStoreWriter, read_image_store
+from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
 
 # ---- MNIST IDX --------------------------------------------------------------------------------------------
 
@@ -239,3 +246,141 @@ def test_imagefolder_layout_errors(tmp_path):
         read_imagefolder(tmp_path)
     with pytest.raises(SourceError, match="on_bad_image"):
         read_imagefolder(tmp_path, None, "ignore")
+
+
+# ---- imagefolder: listing, streaming ingest -----------------------------------------------------------------
+
+
+def _ingest(root, out, threads=1, **settings):
+    settings = {"source": "imagefolder", "root": str(root), "seed": 0, **settings}
+    ingest_dataset(settings, out, dataset="folder", threads=threads)
+    return read_image_store(out)
+
+
+def test_listing_follows_the_reader_layout_and_its_fingerprint_tracks_the_files(tmp_path):
+    write_imagefolder(tmp_path / "flat", n_per_class=2, size=(4, 4), n_classes=2)
+    (tmp_path / "flat" / "class_0" / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "flat" / "class_0" / "notes.txt").write_text("not an image")
+    (tmp_path / "flat" / "class_1" / "UPPER.PNG").write_bytes(b"not decoded when listing")
+    listing = list_imagefolder(tmp_path / "flat")
+    assert listing.layout == "classes" and listing.class_names == ["class_0", "class_1"]
+    assert [e.relpath for e in listing.entries] == [
+        "class_0/00000.png", "class_0/00001.png", "class_1/00000.png", "class_1/00001.png", "class_1/UPPER.PNG"]
+    assert [(e.split, e.label) for e in listing.entries] == [(None, 0), (None, 0), (None, 1), (None, 1), (None, 1)]
+    assert listing.entries[-1].size == len(b"not decoded when listing")
+
+    before = listing.fingerprint()
+    assert list_imagefolder(tmp_path / "flat").fingerprint() == before
+    (tmp_path / "flat" / "class_1" / "UPPER.PNG").write_bytes(b"longer content, same name")
+    resized = list_imagefolder(tmp_path / "flat").fingerprint()
+    (tmp_path / "flat" / "class_1" / "UPPER.PNG").unlink()
+    removed = list_imagefolder(tmp_path / "flat").fingerprint()
+    assert len({before, resized, removed}) == 3
+
+    for part in ("train", "test"):
+        write_imagefolder(tmp_path / "tt" / part, n_per_class=1, size=(4, 4), n_classes=2)
+    listing = list_imagefolder(tmp_path / "tt")
+    assert listing.layout == "train_test"
+    assert [(e.relpath, e.split, e.label) for e in listing.entries] == [
+        ("train/class_0/00000.png", 0, 0), ("train/class_1/00000.png", 0, 1),
+        ("test/class_0/00000.png", 1, 0), ("test/class_1/00000.png", 1, 1)]
+
+
+def test_parallel_ingest_equals_the_serial_read(tmp_path):
+    files = write_imagefolder(tmp_path / "folder", n_per_class=40, size=(9, 7), n_classes=3)
+    images, labels, _, names, attrs = read_imagefolder(tmp_path / "folder")
+    serial = _ingest(tmp_path / "folder", tmp_path / "one.zarr", threads=1, n_test=30)
+    parallel = _ingest(tmp_path / "folder", tmp_path / "four.zarr", threads=4, n_test=30)
+    for got in (serial, parallel):
+        assert got.class_names == names == ["class_0", "class_1", "class_2"]
+        assert got.attrs == serial.attrs
+        np.testing.assert_array_equal(got.images, serial.images)
+        np.testing.assert_array_equal(got.labels, serial.labels)
+        np.testing.assert_array_equal(got.split, serial.split)
+    # the store holds the train rows, then the test rows, each in file order
+    keep, codes = assign_split(labels, None, {"source": "imagefolder", "n_test": 30, "seed": 0})
+    np.testing.assert_array_equal(serial.images, images[keep])
+    np.testing.assert_array_equal(serial.labels, labels[keep])
+    np.testing.assert_array_equal(serial.split, codes)
+    # the checksum's definition: SHA-256 over (relative path, NUL, bytes) of every file, in store-listing order
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: (p.parent.name, p.name)):
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
+    assert serial.attrs["input_sha256"] == attrs["input_sha256"] == digest.hexdigest()
+    assert serial.attrs["n_files"] == 120 and serial.attrs["channels"] == 3
+
+
+class _FileOpens:
+    """Counts the files opened under one folder, through Python's audit hook (every open() raises it)."""
+
+    def __init__(self, root):
+        self.root, self.counts, self.active = str(root), Counter(), False
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event, args):
+        if self.active and event == "open" and isinstance(args[0], (str, os.PathLike)):
+            path = os.fspath(args[0])
+            if path.startswith(self.root):
+                self.counts[path] += 1
+
+
+def test_each_file_is_read_once(tmp_path):
+    files = write_imagefolder(tmp_path / "folder", n_per_class=12, size=(6, 6), n_classes=2)
+    opens = _FileOpens(tmp_path / "folder")
+    opens.active = True
+    try:
+        _ingest(tmp_path / "folder", tmp_path / "s.zarr", threads=3, n_test=6)
+    finally:
+        opens.active = False
+    assert opens.counts == Counter({str(f): 1 for f in files})
+
+
+def test_ingest_gray_then_colour_and_skipped_files_match_the_in_memory_read(tmp_path):
+    root = tmp_path / "mixed"
+    for i in range(4):
+        _png(root / "a_gray" / f"{i}.png", 10 * i)
+        _png(root / "b_colour" / f"{i}.png", 100 + i, mode="RGB")
+    (root / "b_colour" / "broken.png").write_bytes(b"not a png")
+    images, labels, _, _, attrs = read_imagefolder(root, None, "skip")
+    assert images.shape == (8, 8, 6, 3) and attrs["skipped_files"] == ["b_colour/broken.png"]
+    opens = _FileOpens(root)
+    opens.active = True
+    try:
+        store = _ingest(root, tmp_path / "s.zarr", threads=2, n_test=2, on_bad_image="skip")
+    finally:
+        opens.active = False
+    keep, codes = assign_split(labels, None, {"source": "imagefolder", "n_test": 2, "seed": 0})
+    np.testing.assert_array_equal(store.images, images[keep])
+    np.testing.assert_array_equal(store.split, codes)
+    assert {k: store.attrs[k] for k in attrs} == attrs
+    # the split depends on which files are readable, so the planned files are read a second time
+    assert sorted(opens.counts.values()) == [1] + [2] * 8
+
+
+def test_failed_ingest_leaves_no_store(tmp_path):
+    write_imagefolder(tmp_path / "folder", n_per_class=3, size=(5, 5), n_classes=2)
+    (tmp_path / "folder" / "class_1" / "bad.png").write_bytes(b"broken")
+    named = r"(?s)1 unreadable image.*class_1/bad\.png \(UnidentifiedImageError: cannot identify image file '/"
+    with pytest.raises(SourceError, match=named):
+        _ingest(tmp_path / "folder", tmp_path / "s.zarr", threads=2, n_test=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_a_colour_file_left_out_of_the_store_still_makes_it_rgb(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "only" / f"{i}.png", 50 + i)
+    _png(tmp_path / "only" / "3.png", 7, mode="RGB")
+    folder = ImageFolder(tmp_path)
+
+    def gray_files_only(labels, split):
+        @contextlib.contextmanager
+        def open_sink(shape):
+            with ImageStoreWriter(tmp_path / "s.zarr", labels[:3], np.zeros(3), ["only"], shape) as writer:
+                yield writer
+
+        return np.arange(3), open_sink
+
+    folder.decode(gray_files_only, threads=2)
+    store = read_image_store(tmp_path / "s.zarr")
+    assert store.images.shape == (3, 8, 6, 3) and store.attrs["channels"] == 3
+    assert store.images[:, 0, 0].tolist() == [[50] * 3, [51] * 3, [52] * 3]

@@ -1,6 +1,7 @@
-"""The real DAG on non-default sources (issue 8): a tiny generated CIFAR-10 (torchvision's pickle batches in
-cifar-10-python.tar.gz) through `rule all` with every extractor, and a folder of generated PNGs (imagefolder)
-through the scattering features, the classifier table and the class-mean figure."""
+"""The real DAG on non-default sources: a tiny generated CIFAR-10 (torchvision's pickle batches in
+cifar-10-python.tar.gz) through `rule all` with every extractor, a folder of generated PNGs (imagefolder)
+through the scattering features, the classifier table and the class-mean figure, and an image folder whose
+added or removed files rerun ingest and what depends on it, and nothing when nothing changed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import layer_names, load_features, read_image_store
-from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw
+from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_png
 
 pytestmark = pytest.mark.e2e
 
@@ -169,3 +170,46 @@ def test_imagefolder_pngs_to_classifier_table(tmp_path):
     assert float(logreg["accuracy"].iloc[0]) >= 0.8  # three colours are easy
     assert (work / "results" / "figures" / "shapes" / "class_means.png").stat().st_size > 0
     assert not (work / "results" / "tsne").exists()  # only what the two targets need ran
+
+
+# ---- imagefolder: the folder's files are tracked ------------------------------------------------------------
+
+TRACKED_TARGETS = ["results/baseline/folder/metrics.csv", "results/metrics/folder/classifiers.csv"]
+TRACKED_JOBS = {"ingest_dataset": 1, "compute_baseline": 1, "extract_features": 1, "evaluate_classifiers": 1}
+
+
+def _scheduled(work) -> dict[str, int]:
+    """The jobs a dry run of TRACKED_TARGETS would run ({} when there is nothing to be done)."""
+    result = run_snakemake(work, "-n", *TRACKED_TARGETS)
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    return {name: int(count) for name, count in (line.split() for line in table) if name != "total"}
+
+
+def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
+    root = tmp_path / "folder"
+    files = write_imagefolder(root, n_per_class=12, size=(32, 32), n_classes=3)
+    work = tmp_path / "run"
+    write_config(work, {
+        "datasets": {"folder": {"source": "imagefolder", "root": str(root), "image_size": [32, 32], "n_test": 9,
+                                "seed": 0}},
+        "extractors": ["scattering"],
+        "device": "cpu",
+        "metrics": {"random_forest_trees": 5, "knn_k": 3},
+    })
+    run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
+    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36
+    assert _scheduled(work) == {}
+
+    added = write_png(root / "class_0" / "extra.png", np.full((32, 32, 3), 128, np.uint8))
+    assert _scheduled(work) == TRACKED_JOBS
+    added.unlink()  # back to the files of the finished run
+    assert _scheduled(work) == {}
+
+    files[-1].unlink()
+    assert _scheduled(work) == TRACKED_JOBS
+    run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
+    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 35
+    assert _scheduled(work) == {}

@@ -9,7 +9,9 @@ import zarr
 
 from embedscope.store import (
     FeatureStoreWriter,
+    ImageStoreWriter,
     StoreError,
+    iter_image_chunks,
     load_features,
     open_complete,
     read_image_store,
@@ -88,3 +90,46 @@ def test_feature_store_round_trip_and_other_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(12, 5)"
+
+
+def test_image_store_writer_rows_in_any_order_equal_the_in_memory_writer(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (700, 40, 40, 1), dtype=np.uint8)  # 1,600 B a row: 1,310 rows a chunk
+    images = np.concatenate([images] * 3)  # 2,100 rows: two chunks
+    labels, split = np.arange(2100) % 3, (np.arange(2100) % 4 == 0).astype(np.uint8)
+    write_image_store(tmp_path / "whole.zarr", images, labels, split, ["a", "b", "c"], {"source": "toy"})
+    with ImageStoreWriter(tmp_path / "rows.zarr", labels, split, ["a", "b", "c"], (40, 40, 1),
+                          {"source": "toy"}) as writer:
+        assert writer.chunk_rows == 1310
+        for row in np.random.default_rng(2).permutation(2100):
+            writer.put(int(row), images[row])
+        assert len(writer._pending) == 0
+    whole, rows = read_image_store(tmp_path / "whole.zarr"), read_image_store(tmp_path / "rows.zarr")
+    assert rows.attrs == whole.attrs
+    np.testing.assert_array_equal(rows.images, images)
+    np.testing.assert_array_equal(rows.labels, labels)
+    # the in-memory writer can store a selection of rows, gathered chunk by chunk
+    write_image_store(tmp_path / "some.zarr", images, labels[::-2], split[::-2], ["a", "b", "c"],
+                      rows=np.arange(2100)[::-2])
+    np.testing.assert_array_equal(read_image_store(tmp_path / "some.zarr").images, images[::-2])
+
+
+def test_image_store_writer_refuses_missing_rows_and_leaves_nothing(tmp_path):
+    with pytest.raises(StoreError, match=r"1 of 3 image rows were never written"):
+        with ImageStoreWriter(tmp_path / "s.zarr", [0, 1, 0], [0, 0, 1], ["a", "b"], (2, 2, 1)) as writer:
+            writer.put(0, np.zeros((2, 2, 1), np.uint8))
+            writer.write(1, np.zeros((1, 2, 2, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"image rows must be uint8 \(2, 2, 1\)"):
+        with ImageStoreWriter(tmp_path / "s.zarr", [0], [0], ["a"], (2, 2, 1)) as writer:
+            writer.put(0, np.zeros((2, 2, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_chunks_stream_one_split(tmp_path):
+    images = np.arange(2100 * 1600, dtype=np.int64).astype(np.uint8).reshape(2100, 40, 40, 1)
+    labels, split = np.arange(2100) % 3, (np.arange(2100) % 4 == 0).astype(np.uint8)
+    write_image_store(tmp_path / "s.zarr", images, labels, split, ["a", "b", "c"])
+    chunks = list(iter_image_chunks(tmp_path / "s.zarr", "test"))
+    assert [len(x) for x, _ in chunks] == [328, 197]  # test rows of chunk 0 (rows 0..1309) and chunk 1
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in chunks]), images[split == 1])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in chunks]), labels[split == 1])

@@ -3,9 +3,9 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from embedscope.baseline import compute_baseline
-from embedscope.runtime import setup_logging
+from embedscope.runtime import start_job
 
-setup_logging()
+start_job(snakemake)
 compute_baseline(
     snakemake.input[0],
     snakemake.output.metrics,

@@ -3,12 +3,13 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 from embedscope.datasets import ingest_dataset
-from embedscope.runtime import setup_logging
+from embedscope.runtime import start_job
 
-setup_logging()
+start_job(snakemake)
 ingest_dataset(
     snakemake.params.settings,
     snakemake.output[0],
     resources=snakemake.params.resources,
     dataset=snakemake.wildcards.dataset,
+    threads=snakemake.threads,
 )

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from embedscope.store import SPLIT_CODES, write_image_store
+from embedscope.sources import MNIST_CLASSES
+from embedscope.store import SPLIT_CODES, ImageStoreWriter, write_image_store
 
 log = logging.getLogger(__name__)
 
-MNIST_CLASSES = [str(d) for d in range(10)]
 EMBEDDED_DEFAULT_TEST = 2000
 
 
@@ -59,7 +59,7 @@ def read_embedded():
     pixels, labels = mnist_data()
     images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
     digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
-    return images, labels.astype(np.int64), None, MNIST_CLASSES, {"input_sha256": digest}
+    return images, labels.astype(np.int64), None, list(MNIST_CLASSES), {"input_sha256": digest}
 
 
 def _read_source(settings: Mapping[str, Any], resources: Path):
@@ -75,12 +75,6 @@ def _read_source(settings: Mapping[str, Any], resources: Path):
         # dataset in MNIST's layout) only has to exist.
         verify_staged(settings["name"], root, strict=not settings.get("root"))
         return read_torchvision(settings["name"], root)
-    if source == "imagefolder":
-        from embedscope.sources import read_imagefolder
-
-        return read_imagefolder(
-            settings["root"], settings.get("image_size"), settings.get("on_bad_image", "error")
-        )
     raise ValueError(f"datasets.<id>.source is {source!r}; expected embedded, torchvision or imagefolder")
 
 
@@ -111,18 +105,37 @@ def assign_split(labels, split, settings: Mapping[str, Any]) -> tuple[np.ndarray
     return keep, codes
 
 
+def _ingest_imagefolder(settings: Mapping[str, Any], out_path, attrs: Mapping[str, Any], threads: int) -> None:
+    """Stream an image folder into the store: the split is planned from the listing's labels, then the files
+    are decoded on ``threads`` threads straight into the store's preallocated images array. Files arrive in
+    listing order and the store holds the train rows then the test rows, each in listing order, so at most a
+    chunk of each is being gathered at any time."""
+    from embedscope.sources import ImageFolder
+
+    folder = ImageFolder(settings["root"], settings.get("image_size"), settings.get("on_bad_image", "error"))
+
+    def plan(labels, split):
+        keep, codes = assign_split(labels, split, settings)
+        log.info("dataset %s: %d train + %d test of %d images from imagefolder %s, %d thread(s)", attrs["dataset"],
+                 int((codes == 0).sum()), int((codes == 1).sum()), len(labels), settings["root"], threads)
+        class_names = folder.listing.class_names
+        return keep, lambda shape: ImageStoreWriter(out_path, labels[keep], codes, class_names, shape, attrs)
+
+    folder.decode(plan, threads)
+
+
 def ingest_dataset(settings: Mapping[str, Any], out_path: str | Path, resources: str | Path = "resources",
-                   dataset: str = "") -> None:
-    """Read a configured source and write ``results/data/{dataset}.zarr``: train images first, then test."""
-    images, labels, split, class_names, attrs = _read_source(settings, Path(resources))
+                   dataset: str = "", threads: int = 1) -> None:
+    """Read a configured source and write ``results/data/{dataset}.zarr``: train images first, then test.
+
+    Image folders are decoded on ``threads`` threads and streamed into the store; the other sources are
+    read into memory (their uint8 arrays) and written chunk by chunk."""
+    attrs = {"dataset": dataset, "source": settings["source"], "settings": dict(settings)}
+    if settings["source"] == "imagefolder":
+        _ingest_imagefolder(settings, out_path, attrs, threads)
+        return
+    images, labels, split, class_names, source_attrs = _read_source(settings, Path(resources))
     keep, codes = assign_split(labels, split, settings)
     log.info("dataset %s: %d train + %d test images of shape %s from %s", dataset,
              int((codes == 0).sum()), int((codes == 1).sum()), images.shape[1:], settings["source"])
-    write_image_store(
-        out_path,
-        images[keep],
-        labels[keep],
-        codes,
-        class_names,
-        {**attrs, "dataset": dataset, "source": settings["source"], "settings": dict(settings)},
-    )
+    write_image_store(out_path, images, labels[keep], codes, class_names, {**source_attrs, **attrs}, rows=keep)

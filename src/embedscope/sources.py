@@ -8,14 +8,19 @@ Readers only read: nothing is written, nothing is downloaded (see embedscope.dow
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import tarfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,24 +222,127 @@ def read_torchvision(name: str, root: str | os.PathLike):
 
 
 # ---- imagefolder ---------------------------------------------------------------------------------------
+# Listing is cheap (os.scandir, no decoding) so that the workflow lists a folder at DAG time to track its files;
+# decoding reads each file once, in parallel, and hands the rows to a sink (an image store being written).
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+@dataclass(frozen=True)
+class FolderEntry:
+    """One listed image file: split code (None without train/test folders), class label, path relative to the
+    root (with "/"), size in bytes."""
+
+    split: int | None
+    label: int
+    relpath: str
+    size: int
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relpath
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+@dataclass(frozen=True)
+class ImageFolderListing:
+    """Every image file of an image folder, in store order: split, class, file name."""
+
+    root: Path
+    layout: str  # "classes" (root/{class}/*) or "train_test" (root/{train,test}/{class}/*)
+    class_names: list[str]
+    entries: list[FolderEntry]
+
+    def paths(self) -> list[str]:
+        root = str(self.root)
+        return [os.path.join(root, e.relpath) for e in self.entries]
+
+    def fingerprint(self) -> str:
+        """A digest of the listing (relative names and sizes): changes when a file is added, removed or resized."""
+        digest = hashlib.sha256()
+        for entry in self.entries:
+            digest.update(f"{entry.relpath}\0{entry.size}\n".encode())
+        return digest.hexdigest()[:16]
 
 
-def _load_image(path: Path, image_size):
+def _scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted visible subfolder names, sorted (name, size) of visible image files) of one folder."""
+    dirs, files = [], []
+    with os.scandir(folder) as found:
+        for item in found:
+            if item.name.startswith("."):
+                continue
+            if item.is_dir():
+                dirs.append(item.name)
+            elif item.is_file() and os.path.splitext(item.name)[1].lower() in IMAGE_SUFFIXES:
+                files.append((item.name, item.stat().st_size))
+    return sorted(dirs), sorted(files)
+
+
+def _folder_parts(root: Path) -> tuple[str, list[tuple[str | None, Path]]]:
+    names = set(_scan_folder(root)[0])
+    if "train" not in names and "test" not in names:
+        return "classes", [(None, root)]
+    if not {"train", "test"} <= names:
+        present, absent = ("train", "test") if "train" in names else ("test", "train")
+        raise SourceError(
+            f"{root} has {present}/ but no {absent}/: expected both {root}/train/<class>/ and "
+            f"{root}/test/<class>/, or only class folders {root}/<class>/"
+        )
+    return "train_test", [("train", root / "train"), ("test", root / "test")]
+
+
+def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
+    """List ``root/{class}/*.png|jpg`` or ``root/{train,test}/{class}/*``: class names are the sorted folder
+    names; hidden files and folders and other suffixes are ignored. Raises SourceError on a bad layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"imagefolder root {root} is not a folder; expected {root}/<class>/*.png|jpg")
+    layout, parts = _folder_parts(root)
+    class_sets = {}
+    for part, folder in parts:
+        class_dirs, loose = _scan_folder(folder)
+        if not class_dirs:
+            hint = f" ({len(loose)} images lie directly in it)" if loose else ""
+            raise SourceError(f"{folder} holds no class folders{hint}; expected {folder}/<class>/*.png|jpg")
+        class_sets[part] = class_dirs
+    if layout == "train_test" and class_sets["train"] != class_sets["test"]:
+        only_train = sorted(set(class_sets["train"]) - set(class_sets["test"]))
+        only_test = sorted(set(class_sets["test"]) - set(class_sets["train"]))
+        raise SourceError(
+            f"{root}/train and {root}/test must hold the same class folders; only in train: {only_train}, "
+            f"only in test: {only_test}"
+        )
+    class_names = class_sets[parts[0][0]]
+    entries, empty = [], []
+    for code, (part, folder) in enumerate(parts):
+        for label, name in enumerate(class_names):
+            files = _scan_folder(folder / name)[1]
+            if not files:
+                empty.append(folder / name)
+            prefix = f"{part}/{name}/" if part else f"{name}/"
+            entries += [FolderEntry(code if part else None, label, prefix + f, size, root) for f, size in files]
+    if empty:
+        raise SourceError(
+            f"{len(empty)} empty class folder(s) (no {'/'.join(IMAGE_SUFFIXES)} files):\n" + _listing(empty)
+        )
+    return ImageFolderListing(root, layout, class_names, entries)
+
+
+class _FileBytes(io.BytesIO):
+    """A file's bytes that PIL's error messages name by the file's path."""
+
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(data)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return repr(str(self.path))
+
+
+def _decode_image(data: bytes, path: Path, image_size):
     """(array uint8 (H,W) for grayscale or (H,W,3) for colour, original (H,W)); raises on an unreadable file."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as img:
+    with Image.open(_FileBytes(data, path)) as img:
         img.load()
         img = ImageOps.exif_transpose(img)
         original = (img.height, img.width)
@@ -257,123 +365,221 @@ def _load_image(path: Path, image_size):
         return np.asarray(img, dtype=np.uint8).copy(), original
 
 
-def read_imagefolder(root: str | os.PathLike, image_size=None, on_bad_image: str = "error"):
-    """Your own images: ``root/{class}/*.png|jpg`` (no split: the caller makes a seeded stratified one) or
-    ``root/train/{class}/...`` + ``root/test/{class}/...`` (split kept).
+def _read_image(path: Path, image_size):
+    """(file bytes or None, image or None, original size or None, why it failed or None): one read per file,
+    the bytes both decoded and (by the caller) hashed."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, None, None, f"{type(exc).__name__}: {exc}"
+    try:
+        image, original = _decode_image(data, path, image_size)
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
+        return data, None, None, f"{type(exc).__name__}: {exc}"
+    return data, image, original, None
 
-    Class names: the sorted folder names; file order: split, class, file name. All images grayscale -> C=1,
-    else C=3 (grayscale ones repeated to RGB). ``image_size`` [h, w] resizes every image; without it all
-    images must share one size. ``on_bad_image``: "error" stops on unreadable images (listing them), "skip"
-    leaves them out, counted in attrs["skipped_images"] and listed in attrs["skipped_files"].
-    """
-    root = Path(root)
-    if on_bad_image not in ("error", "skip"):
-        raise SourceError(f"datasets.<id>.on_bad_image is {on_bad_image!r}; expected error or skip")
-    if image_size is not None:
-        if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
-            raise SourceError(f"datasets.<id>.image_size is {image_size!r}; expected [height, width]")
-        image_size = [int(s) for s in image_size]
-    if not root.is_dir():
-        raise SourceError(f"imagefolder root {root} is not a folder; expected {root}/<class>/*.png|jpg")
 
-    names = {p.name for p in _visible_dirs(root)}
-    if "train" in names or "test" in names:
-        if not {"train", "test"} <= names:
-            present, absent = ("train", "test") if "train" in names else ("test", "train")
+def _in_order(function, items: Sequence, threads: int):
+    """``map(function, items)`` on ``threads`` threads, results in order, at most 4 per thread in flight."""
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 4 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@dataclass
+class FolderScan:
+    """What one decoding pass over an image folder found."""
+
+    checksum: str  # SHA-256 over (relative path, NUL, contents) of every file read, in entry order
+    bad: dict[int, str] = field(default_factory=dict)  # entry -> why it could not be read
+    shapes: dict[int, tuple[int, int]] = field(default_factory=dict)  # entry -> decoded (H, W)
+    originals: Counter = field(default_factory=Counter)  # original (H, W) -> files
+    colour: bool = False  # any readable file in colour
+    complete: bool = True  # every planned row reached the sink
+
+
+class _Replan(Exception):
+    """Raised inside the sink's context to discard it: the first pass found what the plan did not know."""
+
+    def __init__(self, scan: FolderScan):
+        super().__init__("replan")
+        self.scan = scan
+
+
+def _as_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.ndim == 3:
+        return image
+    return np.repeat(image[..., None], channels, axis=-1)
+
+
+class ImageFolder:
+    """An image folder to decode: its listing and the decoding options (see :func:`read_imagefolder`)."""
+
+    def __init__(self, root: str | os.PathLike, image_size=None, on_bad_image: str = "error"):
+        if on_bad_image not in ("error", "skip"):
+            raise SourceError(f"datasets.<id>.on_bad_image is {on_bad_image!r}; expected error or skip")
+        if image_size is not None:
+            if len(image_size) != 2 or any(int(s) < 1 for s in image_size):
+                raise SourceError(f"datasets.<id>.image_size is {image_size!r}; expected [height, width]")
+            image_size = [int(s) for s in image_size]
+        self.image_size = image_size
+        self.on_bad_image = on_bad_image
+        self.listing = list_imagefolder(root)
+        self.labels = np.array([e.label for e in self.listing.entries], dtype=np.int64)
+        has_split = self.listing.layout == "train_test"
+        self.split = np.array([e.split for e in self.listing.entries], dtype=np.uint8) if has_split else None
+
+    def _pass(self, order: np.ndarray, rows: np.ndarray, open_sink, threads: int, channels: int | None):
+        """Read and decode the entries ``order`` (ascending), hash them, put each planned one (``rows[i] >= 0``)
+        into the sink, opened at the first planned image with its shape. Writing stops, and the scan is marked
+        incomplete, at the first bad file or at an image the sink's shape cannot hold."""
+        entries = self.listing.entries
+        scan = FolderScan(checksum="")
+        digest = hashlib.sha256()
+        sink = None
+        read = _in_order(lambda i: _read_image(entries[i].path, self.image_size), order, threads)
+        for i, (data, image, original, why) in zip(order, read, strict=True):
+            digest.update(entries[i].relpath.encode() + b"\0")
+            digest.update(data or b"")
+            if why is not None:
+                scan.bad[int(i)] = why
+                scan.complete = False
+                continue
+            scan.shapes[int(i)] = image.shape[:2]
+            scan.originals[original] += 1
+            scan.colour |= image.ndim == 3
+            if not scan.complete or rows[i] < 0:
+                continue
+            if sink is None:
+                sink = open_sink((*image.shape[:2], channels or (3 if scan.colour else 1)))
+            if image.shape[:2] != sink.image_shape[:2] or (image.ndim == 3 and sink.image_shape[2] == 1):
+                scan.complete = False
+                continue
+            sink.put(int(rows[i]), _as_channels(image, sink.image_shape[2]))
+        if sink is not None and scan.colour and sink.image_shape[2] == 1:
+            scan.complete = False  # a colour file that is not stored makes the stored grayscale ones RGB too
+        scan.checksum = digest.hexdigest()
+        return scan, sink
+
+    def _check(self, scan: FolderScan) -> None:
+        """The errors a full pass can find: unreadable files (unless skipped), emptied classes, mixed sizes."""
+        entries, root = self.listing.entries, self.listing.root
+        if scan.bad and self.on_bad_image == "error":
             raise SourceError(
-                f"{root} has {present}/ but no {absent}/: expected both {root}/train/<class>/ and "
-                f"{root}/test/<class>/, or only class folders {root}/<class>/"
+                f"{len(scan.bad)} unreadable image(s) (set on_bad_image: skip to leave them out):\n"
+                + _listing([f"{entries[i].path} ({why})" for i, why in scan.bad.items()])
             )
-        parts = [("train", root / "train"), ("test", root / "test")]
-        layout = "train_test"
-    else:
-        parts = [(None, root)]
-        layout = "classes"
-
-    class_sets = {}
-    for part, folder in parts:
-        class_dirs = _visible_dirs(folder)
-        if not class_dirs:
-            loose = _image_files(folder)
-            hint = f" ({len(loose)} images lie directly in it)" if loose else ""
-            raise SourceError(f"{folder} holds no class folders{hint}; expected {folder}/<class>/*.png|jpg")
-        class_sets[part] = [d.name for d in class_dirs]
-    if layout == "train_test" and class_sets["train"] != class_sets["test"]:
-        only_train = sorted(set(class_sets["train"]) - set(class_sets["test"]))
-        only_test = sorted(set(class_sets["test"]) - set(class_sets["train"]))
-        raise SourceError(
-            f"{root}/train and {root}/test must hold the same class folders; only in train: {only_train}, "
-            f"only in test: {only_test}"
-        )
-    class_names = class_sets[parts[0][0]]
-
-    entries = []  # (split code or None, label, path)
-    empty = []
-    for code, (part, folder) in enumerate(parts):
-        for label, name in enumerate(class_names):
-            files = _image_files(folder / name)
-            if not files:
-                empty.append(folder / name)
-            entries += [(code if part else None, label, f) for f in files]
-    if empty:
-        raise SourceError(
-            f"{len(empty)} empty class folder(s) (no {'/'.join(IMAGE_SUFFIXES)} files):\n" + _listing(empty)
-        )
-
-    arrays, originals, kept, bad = [], [], [], []
-    for entry in entries:
-        try:
-            arr, original = _load_image(entry[2], image_size)
-        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
-            bad.append((entry[2], f"{type(exc).__name__}: {exc}"))
-            continue
-        arrays.append(arr)
-        originals.append(original)
-        kept.append(entry)
-    if bad and on_bad_image == "error":
-        raise SourceError(
-            f"{len(bad)} unreadable image(s) (set on_bad_image: skip to leave them out):\n"
-            + _listing([f"{p} ({why})" for p, why in bad])
-        )
-    left = {(code, label) for code, label, _ in kept}
-    emptied = sorted({entry[2].parent for entry in entries if (entry[0], entry[1]) not in left})
-    if emptied:
-        raise SourceError("class folder(s) with no readable image left after skipping:\n" + _listing(emptied))
-
-    if image_size is None:
-        sizes = Counter(a.shape[:2] for a in arrays)
-        if len(sizes) > 1:
+        left = {(entries[i].split, entries[i].label) for i in scan.shapes}
+        emptied = sorted({e.path.parent for e in entries if (e.split, e.label) not in left})
+        if emptied:
+            raise SourceError("class folder(s) with no readable image left after skipping:\n" + _listing(emptied))
+        sizes = Counter(scan.shapes.values())
+        if self.image_size is None and len(sizes) > 1:
             common = sizes.most_common(1)[0][0]
-            odd = [f"{e[2]} ({a.shape[0]}x{a.shape[1]})" for e, a in zip(kept, arrays, strict=True)
-                   if a.shape[:2] != common]
+            odd = [f"{entries[i].path} ({h}x{w})" for i, (h, w) in scan.shapes.items() if (h, w) != common]
             raise SourceError(
                 f"images under {root} have {len(sizes)} different sizes (most are {common[0]}x{common[1]}, "
                 f"height x width); set datasets.<id>.image_size: [height, width] to resize them. "
                 f"Files of another size:\n" + _listing(odd)
             )
-    gray = all(a.ndim == 2 for a in arrays)
-    if gray:
-        images = np.stack(arrays)[..., None]
-    else:
-        images = np.stack([np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays])
-    del arrays
-    labels = np.array([e[1] for e in kept], dtype=np.int64)
-    split = np.array([e[0] for e in kept], dtype=np.uint8) if layout == "train_test" else None
-    all_files = [e[2] for e in entries]
-    attrs = {
-        "source_name": "imagefolder",
-        "root": str(root),
-        "layout": layout,
-        "channels": 1 if gray else 3,
-        "image_size": list(images.shape[1:3]),
-        "resized": image_size is not None,
-        "original_sizes": {f"{h}x{w}": n for (h, w), n in sorted(Counter(originals).items())},
-        "n_files": len(entries),
-        "skipped_images": len(bad),
-        "skipped_files": [str(p.relative_to(root)) for p, _ in bad],
-        "input_sha256": _checksum(all_files, root),
-    }
-    return images, labels, split, list(class_names), attrs
+
+    def _attrs(self, scan: FolderScan, image_shape) -> dict[str, Any]:
+        return {
+            "source_name": "imagefolder",
+            "root": str(self.listing.root),
+            "layout": self.listing.layout,
+            "channels": 3 if scan.colour else 1,
+            "image_size": list(image_shape[:2]),
+            "resized": self.image_size is not None,
+            "original_sizes": {f"{h}x{w}": n for (h, w), n in sorted(scan.originals.items())},
+            "n_files": len(self.listing.entries),
+            "skipped_images": len(scan.bad),
+            "skipped_files": [self.listing.entries[i].relpath for i in sorted(scan.bad)],
+            "input_sha256": scan.checksum,
+        }
+
+    def _attempt(self, plan, threads: int, first: FolderScan | None) -> np.ndarray:
+        readable = np.array([i for i in range(len(self.labels)) if first is None or i not in first.bad], np.int64)
+        keep, open_sink = plan(self.labels[readable], None if self.split is None else self.split[readable])
+        rows = np.full(len(self.labels), -1, np.int64)
+        rows[readable[keep]] = np.arange(len(keep))
+        # The first pass reads every file (it validates and hashes them all); a second only the planned ones.
+        order = np.arange(len(rows)) if first is None else np.flatnonzero(rows >= 0)
+        channels = None if first is None else (3 if first.colour else 1)
+        with contextlib.ExitStack() as stack:
+            scan, sink = self._pass(order, rows, lambda shape: stack.enter_context(open_sink(shape)), threads,
+                                    channels)
+            full = first or scan
+            self._check(full)
+            if not scan.complete:
+                if first is not None:
+                    raise SourceError(f"files under {self.listing.root} changed while they were read; run again")
+                raise _Replan(scan)
+            sink.attrs.update(self._attrs(full, sink.image_shape))
+        return readable
+
+    def decode(self, plan, threads: int = 1) -> np.ndarray:
+        """Decode the folder into the sink that ``plan`` opens; returns the entries that were readable.
+
+        ``plan(labels, split)`` gets the labels and split codes (None without train/test folders) of the
+        readable files and returns ``(keep, open_sink)``: the positions to store, in store order, and
+        ``open_sink((H, W, C))``, a context manager yielding the sink (``put(row, image)``, ``image_shape``,
+        ``attrs``). Every file is read once, unless the first pass finds what the plan could not know: an
+        unreadable file skipped (the split is made from the readable ones) or a colour image after grayscale
+        ones were written; then the sink is discarded and the planned files are read again into a new one.
+        """
+        try:
+            return self._attempt(plan, threads, None)
+        except _Replan as replan:
+            return self._attempt(plan, threads, replan.scan)
 
 
-__all__ = ["SourceError", "read_idx", "read_torchvision", "read_imagefolder", "MNIST_CLASSES"]
+class _ArraySink:
+    """A sink into a preallocated in-memory array (for :func:`read_imagefolder`)."""
+
+    def __init__(self, n: int, image_shape):
+        self.image_shape = tuple(image_shape)
+        self.images = np.empty((n, *self.image_shape), np.uint8)
+        self.attrs: dict[str, Any] = {}
+
+    def put(self, row: int, image: np.ndarray) -> None:
+        self.images[row] = image
+
+
+def read_imagefolder(root: str | os.PathLike, image_size=None, on_bad_image: str = "error", threads: int = 1):
+    """Your own images: ``root/{class}/*.png|jpg`` (no split: the caller makes a seeded stratified one) or
+    ``root/train/{class}/...`` + ``root/test/{class}/...`` (split kept), in memory.
+
+    Class names: the sorted folder names; file order: split, class, file name. All images grayscale -> C=1,
+    else C=3 (grayscale ones repeated to RGB). ``image_size`` [h, w] resizes every image; without it all
+    images must share one size. ``on_bad_image``: "error" stops on unreadable images (listing them), "skip"
+    leaves them out, counted in attrs["skipped_images"] and listed in attrs["skipped_files"]. Ingest streams
+    the same decoding into the image store instead (:meth:`ImageFolder.decode`).
+    """
+    folder = ImageFolder(root, image_size, on_bad_image)
+    sinks = []
+
+    def plan(labels, split):
+        @contextlib.contextmanager
+        def open_sink(shape):
+            sinks.append(_ArraySink(len(labels), shape))
+            yield sinks[-1]
+
+        return np.arange(len(labels)), open_sink
+
+    readable = folder.decode(plan, threads)
+    split = None if folder.split is None else folder.split[readable]
+    sink = sinks[-1]
+    return sink.images, folder.labels[readable], split, list(folder.listing.class_names), sink.attrs
+
+
+__all__ = ["SourceError", "read_idx", "read_torchvision", "read_imagefolder", "list_imagefolder", "ImageFolder",
+           "MNIST_CLASSES"]

@@ -167,6 +167,117 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class ImageStoreWriter:
+    """Writes an image store row by row into a preallocated ``images`` array, so memory does not grow with N.
+
+    ``labels`` and ``split`` (one per stored row) are known up front; the images arrive in any order, either
+    as blocks (:meth:`write`, fastest when blocks follow the chunks) or one row at a time (:meth:`put`, which
+    gathers rows into chunk-sized buffers and writes each chunk once, when all its rows are in). On a clean
+    exit every row must have been written; labels, split and attributes follow, ``complete`` last::
+
+        with ImageStoreWriter(path, labels, split, class_names, (28, 28, 1), attrs) as writer:
+            for row, image in ...:
+                writer.put(row, image)
+            writer.attrs["input_sha256"] = ...
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        labels: np.ndarray,
+        split: np.ndarray,
+        class_names: Sequence[str],
+        image_shape: Sequence[int],
+        attrs: Mapping[str, Any] | None = None,
+    ):
+        self.path = Path(path)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.split = np.asarray(split, dtype=np.uint8)
+        self.class_names = list(class_names)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.attrs = dict(attrs or {})
+        if len(self.image_shape) != 3 or min(self.image_shape, default=0) < 1:
+            raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
+        if len(self.labels) != len(self.split):
+            raise ValueError("labels and split must have the same length")
+        self.chunk_rows = rows_per_chunk(int(np.prod(self.image_shape)))
+        self._context = None
+        self._group: zarr.Group | None = None
+        self._images: zarr.Array | None = None
+        self._pending: dict[int, tuple[np.ndarray, int]] = {}  # chunk -> (buffer, rows filled)
+        self._written = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __enter__(self) -> ImageStoreWriter:
+        self._context = atomic_directory(self.path)
+        tmp = self._context.__enter__()
+        self._group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        self._images = create_array(self._group, "images", (len(self), *self.image_shape), dtype=np.uint8,
+                                    dims=("sample", "height", "width", "channel"))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as error:
+                self._context.__exit__(type(error), error, error.__traceback__)
+                raise
+        return self._context.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        if self._pending or self._written != len(self):
+            raise StoreError(f"store {self.path}: {len(self) - self._written} of {len(self)} image rows were "
+                             "never written (or some twice)")
+        create_array(self._group, "labels", self.labels)
+        create_array(self._group, "split", self.split)
+        counts = {
+            name: {self.class_names[c]: int(np.sum((self.split == code) & (self.labels == c)))
+                   for c in range(len(self.class_names))}
+            for code, name in enumerate(SPLIT_NAMES)
+        }
+        self._group.attrs.update(_plain({
+            **self.attrs,
+            "class_names": self.class_names,
+            "split_names": list(SPLIT_NAMES),
+            "counts": counts,
+            "n_samples": len(self),
+            "image_shape": list(self.image_shape),
+        }))
+        self._group.attrs["complete"] = True
+
+    def _check_rows(self, block: np.ndarray, start: int) -> np.ndarray:
+        block = np.asarray(block)
+        if block.dtype != np.uint8 or block.shape[1:] != self.image_shape:
+            raise ValueError(f"image rows must be uint8 {self.image_shape}, got {block.dtype} {block.shape[1:]}")
+        if start < 0 or start + len(block) > len(self):
+            raise ValueError(f"rows {start}:{start + len(block)} lie outside the store's {len(self)} rows")
+        return block
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Rows ``start:start+len(block)`` at once (each row written once, by write or put)."""
+        block = self._check_rows(block, start)
+        self._images[start : start + len(block)] = block
+        self._written += len(block)
+
+    def put(self, row: int, image: np.ndarray) -> None:
+        """One row; its chunk is written when its last row arrives."""
+        image = self._check_rows(np.asarray(image)[None], row)[0]
+        chunk = row // self.chunk_rows
+        first = chunk * self.chunk_rows
+        size = min(self.chunk_rows, len(self) - first)
+        buffer, filled = self._pending.get(chunk) or (np.empty((size, *self.image_shape), np.uint8), 0)
+        buffer[row - first] = image
+        self._written += 1
+        if filled + 1 < size:
+            self._pending[chunk] = (buffer, filled + 1)
+            return
+        self._pending.pop(chunk, None)
+        self._images[first : first + size] = buffer
+
+
 def write_image_store(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -174,37 +285,35 @@ def write_image_store(
     split: np.ndarray,
     class_names: Sequence[str],
     attrs: Mapping[str, Any] | None = None,
+    rows: np.ndarray | None = None,
 ) -> None:
-    """Write an image store atomically: ``images`` uint8 (N,H,W,C), ``labels``, ``split`` codes."""
+    """Write an in-memory image set atomically: ``images`` uint8 (N,H,W,C), or only ``images[rows]`` (in that
+    order, gathered chunk by chunk rather than copied whole), with one label and split code per stored row."""
     images = np.asarray(images)
-    labels = np.asarray(labels, dtype=np.int64)
-    split = np.asarray(split, dtype=np.uint8)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
-    if not (len(images) == len(labels) == len(split)):
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not (len(rows) == len(labels) == len(split)):
         raise ValueError("images, labels and split must have the same length")
-    counts = {
-        name: {class_names[c]: int(np.sum((split == code) & (labels == c))) for c in range(len(class_names))}
-        for code, name in enumerate(SPLIT_NAMES)
-    }
-    with atomic_directory(path) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        create_array(group, "images", images, dims=("sample", "height", "width", "channel"))
-        create_array(group, "labels", labels)
-        create_array(group, "split", split)
-        group.attrs.update(
-            _plain(
-                {
-                    **(attrs or {}),
-                    "class_names": list(class_names),
-                    "split_names": list(SPLIT_NAMES),
-                    "counts": counts,
-                    "n_samples": len(labels),
-                    "image_shape": list(images.shape[1:]),
-                }
-            )
-        )
-        group.attrs["complete"] = True
+    with ImageStoreWriter(path, labels, split, class_names, images.shape[1:], attrs) as writer:
+        for start in range(0, len(rows), writer.chunk_rows):
+            writer.write(start, images[rows[start : start + writer.chunk_rows]])
+
+
+def iter_image_chunks(path: str | os.PathLike, split: str | None = None
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` of one split (all rows for ``None``), one stored chunk of rows at a time."""
+    group = open_complete(path)
+    images = group["images"]
+    labels = group["labels"][...].astype(np.int64)
+    codes = group["split"][...].astype(np.uint8)
+    step = images.chunks[0]
+    for start in range(0, len(labels), step):
+        stop = min(len(labels), start + step)
+        wanted = slice(None) if split is None else np.flatnonzero(codes[start:stop] == split_code(split))
+        if split is not None and not len(wanted):
+            continue
+        yield images[start:stop][wanted], labels[start:stop][wanted]
 
 
 def read_image_store(path: str | os.PathLike) -> ImageSet:

@@ -5,6 +5,7 @@
 - ``write_cifar10_raw(root, n_train, n_test)``: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch,
   batches.meta}`` (pickled dicts with bytes keys b"data" (N, 3072) uint8, b"labels", b"label_names"), and with
   ``archive=True`` also ``root/cifar-10-python.tar.gz`` holding that folder, as distributed.
+- ``write_imagefolder(root, n_per_class, size)``: ``root/{class}/{i:05d}.png``, an image folder of PNGs.
 Images are a seeded class template plus noise, so that classes are separable but not trivially.
 """
 
@@ -84,3 +85,25 @@ def write_cifar10_raw(
         with tarfile.open(Path(root) / "cifar-10-python.tar.gz", "w:gz", compresslevel=1) as tar:
             tar.add(folder, arcname="cifar-10-batches-py")
     return folder
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """One uint8 image, (H, W) grayscale or (H, W, 3) RGB, as a PNG (parent folders created)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "L" if image.ndim == 2 else "RGB").save(path)
+    return path
+
+
+def write_imagefolder(root: str | os.PathLike, n_per_class: int = 10, size: tuple[int, int] = (32, 32),
+                      n_classes: int = 3, channels: int = 3, seed: int = 0) -> list[Path]:
+    """``root/class_{c}/{i:05d}.png``: ``n_per_class`` synthetic images of each class; returns the files."""
+    shape = (*size, channels) if channels == 3 else tuple(size)
+    images, labels = synthetic_images(n_per_class * n_classes, shape, n_classes=n_classes, seed=seed)
+    written, count = [], [0] * n_classes
+    for image, label in zip(images, labels, strict=True):
+        written.append(write_png(Path(root) / f"class_{label}" / f"{count[label]:05d}.png", image))
+        count[label] += 1
+    return written
