@@ -84,3 +84,30 @@ def test_semantic_checks_name_the_key(tmp_path):
     config = validated(config)
     with pytest.raises(ConfigError, match=r"datasets\.mine\.root"):
         check_config(config)
+
+
+def schema_defaults(section):
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    return {key: node["default"] for key, node in schema["properties"][section]["properties"].items()}
+
+
+def keyword_defaults(function, section):
+    """The defaults a library function repeats for keys of one config section (only those it names)."""
+    import inspect
+
+    defaults = schema_defaults(section)
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if name in defaults and p.default is not inspect.Parameter.empty}
+
+
+def test_defaults_repeated_in_code_equal_the_schemas():
+    """Code that fills in defaults for callers that pass only part of a section agrees with the schema."""
+    from embedscope import metrics, tsne
+    from embedscope.finetune import FINETUNE_DEFAULTS
+
+    assert FINETUNE_DEFAULTS == schema_defaults("finetune")
+    assert metrics.DEFAULTS == schema_defaults("metrics")
+    tsne_defaults = schema_defaults("tsne")
+    for function in (tsne.run_tsne, tsne.embed_tsne):
+        repeated = keyword_defaults(function, "tsne")
+        assert repeated and repeated == {key: tsne_defaults[key] for key in repeated}, function.__name__
