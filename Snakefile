@@ -15,6 +15,7 @@ if not workflow.config_settings.configfiles:
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/download.smk"
 include: "rules/baseline.smk"
 include: "rules/features.smk"
 include: "rules/finetune.smk"

@@ -1,12 +1,5 @@
-# Feature extraction (issue 3): results/data/{dataset}.zarr -> results/features/{dataset}/{extractor}.zarr,
+# Feature extraction: results/data/{dataset}.zarr -> results/features/{dataset}/{extractor}.zarr,
 # one group per layer (scattering: `scattering`; resnet18: the eight body children, globally average-pooled).
-
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-
-
-localrules:
-    download_weights,
-
 
 rule extract_features:
     input:
@@ -31,20 +24,3 @@ rule extract_features:
         ENV
     script:
         "../workflow_scripts/extract_features.py"
-
-
-rule download_weights:
-    output:
-        IMAGENET_WEIGHTS,
-    params:
-        url=IMAGENET_WEIGHTS_URL,
-    log:
-        "results/logs/weights/resnet18-f37072fd.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=30,
-    conda:
-        ENV
-    script:
-        "../workflow_scripts/download_weights.py"

@@ -1,4 +1,9 @@
-"""ResNet-18 construction, weights, and the image preprocessing every ResNet stage shares."""
+"""ResNet-18 construction, weights, and the image preprocessing every ResNet stage shares.
+
+torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` is the one source of the ImageNet file's URL, file name and
+SHA-256 prefix, and of the normalisation every ResNet stage applies (whatever the weights: the report
+normalised its inputs this way for random initialisation too).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.hub import HASH_REGEX
+from torchvision.models import ResNet18_Weights, resnet18
 
 from embedscope.layers import BODY_CHANNELS, BODY_LAYERS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name (hash prefix f37072fd)
-
+IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+IMAGENET_WEIGHTS_URL = IMAGENET_WEIGHTS.url
+IMAGENET_WEIGHTS_FILE = IMAGENET_WEIGHTS_URL.rsplit("/", 1)[-1]  # resnet18-f37072fd.pth
+# The prefix torch.hub's check_hash reads from the file name ("-<sha256 prefix>."), as torchvision checks it.
+IMAGENET_HASH_PREFIX = HASH_REGEX.search(IMAGENET_WEIGHTS_FILE).group(1)
+_IMAGENET_TRANSFORMS = IMAGENET_WEIGHTS.transforms()
+IMAGENET_MEAN = tuple(_IMAGENET_TRANSFORMS.mean)
+IMAGENET_STD = tuple(_IMAGENET_TRANSFORMS.std)
 
 class WeightsError(RuntimeError):
     """A weights setting or file is unusable."""
@@ -54,8 +65,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def build_resnet18(weights: str = "random", resources: str | Path = "resources", seed: int = 0) -> nn.Module:
     """torchvision ResNet-18 with ``weights``: ``imagenet``, ``random`` (seeded) or a state_dict path."""
-    from torchvision.models import resnet18
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = resnet18(weights=None)
@@ -96,10 +105,6 @@ def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> 
     return (x - mean) / std
 
 
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/" + IMAGENET_WEIGHTS_FILE
-IMAGENET_HASH_PREFIX = IMAGENET_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]  # "f37072fd", sha256 prefix
-
-
 def download_imagenet_weights(
     destination: str | Path,
     url: str = IMAGENET_WEIGHTS_URL,
@@ -130,8 +135,6 @@ def download_imagenet_weights(
         except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
             raise WeightsError(f"download of {url} failed its hash check for {destination}: {exc}") from exc
         state = load_state_dict_file(tmp)
-        from torchvision.models import resnet18
-
         try:
             resnet18(weights=None).load_state_dict(state, strict=True)
         except RuntimeError as exc:
