@@ -344,3 +344,33 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert (full / "training_log.csv").read_text() == (part / "training_log.csv").read_text()
+
+
+def test_resume_file_is_used_only_for_its_own_settings(tmp_path):
+    model = FinetunedResNet18(2)
+    path = ckpt.default_resume_path(tmp_path / "resnet18_finetuned.pt")
+    training = {"optimizer": {}, "scheduler": {}, "scaler": {}, "stage": 1, "epoch": 0}
+    rows = [{"kind": "step", "stage": 1, "epoch": 0, "step": 0, "lr_0": 1e-3, "train_loss": 0.5}]
+    ckpt.save_resume(path, model, training, rows, "digest-a", 3)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["resnet18_finetuned.resume.pt"]  # no temporary left
+    assert ckpt.load_resume(path, "digest-b") is None
+    state = ckpt.load_resume(path, "digest-a")
+    assert state["rows"] == rows and (state["stage"], state["epoch"], state["n_groups"]) == (1, 0, 3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+    path.write_bytes(b"not a torch file")
+    assert ckpt.load_resume(path, "digest-a") is None
+    assert ckpt.load_resume(None, "digest-a") is None
+    ckpt.remove_resume(path)
+    assert not path.parent.exists()
+
+
+def test_embedding_shapes_leave_batchnorm_statistics_and_mode_alone():
+    model = FinetunedResNet18(3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.embedding_shapes((28, 28)) == {"layer4": [512, 1, 1], "head_pool": [1024], "head_hidden": [512],
+                                                "softmax": [3]}
+    assert model.embedding_shapes((64, 64))["layer4"] == [512, 2, 2]
+    assert model.training and model.body.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(before[key], value), key
