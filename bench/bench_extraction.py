@@ -1,4 +1,4 @@
-"""Issue 3's measurements of feature extraction (run: `.venv/bin/python bench/bench_extraction.py`).
+"""Feature extraction's throughput and memory (run: `.venv/bin/python bench/bench_extraction.py`).
 
 (a) Throughput of the `resnet18` rule's code path (`embedscope.features.run_extraction`: zarr reads,
     preprocessing, forward hooks, pooling, chunked Zarr writes of a real store) against a bare `model(x)` loop

@@ -24,19 +24,20 @@ sys.path.insert(0, str(ROOT / "src"))
 from csvout import write_rows  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 from embedscope import finetune as ft  # noqa: E402
+from embedscope.resnet import FinetunedResNet18  # noqa: E402
 
 PHASES = ((1, "stage 1 (head + body BN)"), (2, "stage 2 (all)"), (0, "inference"))
 
 
 def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float:
     amp = device == "cuda"
-    model = ft.FinetunedResNet18(10).to(device)
+    model = FinetunedResNet18(10).to(device)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch * (steps + 2), size, size, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, size=len(images))
     loader = ft.BatchLoader(images, labels, batch, shuffle=stage > 0, drop_last=True)
     criterion = nn.CrossEntropyLoss()
-    if stage == 0:  # inference, as extract_finetuned_features runs it
+    if stage == 0:  # inference, as the resnet18_finetuned extractor runs it
         model.eval()
         batches = list(loader)
         with torch.inference_mode():

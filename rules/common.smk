@@ -90,12 +90,18 @@ def gpu_resources(mem_mb, runtime):
     return resources
 
 
-IMAGENET_WEIGHTS = "resources/weights/resnet18-f37072fd.pth"
 # The file the `resnet18.weights` setting reads (frozen extraction, fine-tuning, activation figures): the
-# ImageNet file, the given path, or nothing for random init.
-RESNET18_WEIGHTS_FILES = {"random": [], "imagenet": [IMAGENET_WEIGHTS]}.get(
-    config["resnet18"]["weights"], [config["resnet18"]["weights"]]
-)
+# ImageNet file, the given path, or nothing for random init. torchvision names the ImageNet file
+# (embedscope.resnet), so torch is imported only for `weights: imagenet`, never while building other DAGs.
+if config["resnet18"]["weights"] == "random":
+    RESNET18_WEIGHTS_FILES = []
+elif config["resnet18"]["weights"] == "imagenet":
+    from embedscope.resnet import imagenet_weights_path
+
+    IMAGENET_WEIGHTS = str(imagenet_weights_path("resources"))
+    RESNET18_WEIGHTS_FILES = [IMAGENET_WEIGHTS]
+else:
+    RESNET18_WEIGHTS_FILES = [config["resnet18"]["weights"]]
 
 
 def store_path(dataset, extractor):

@@ -1,5 +1,5 @@
-# Staging: `snakemake download --cores 1` fetches every dataset file the config needs into resources/ and
-# verifies it. These are local rules so that a cluster's login node fetches and compute nodes never need the
+# Staging: `snakemake download --cores 1` fetches every input the config needs (dataset files, ImageNet weights)
+# into resources/ and verifies it. These are local rules so that a cluster's login node fetches and compute nodes never need the
 # network. Each staged file is a concrete, protected output (never a directory(), which would delete files a
 # user placed there); files already present are not re-fetched, and ingest re-checks their MD5 before
 # reading them (embedscope.download.verify_staged).
@@ -46,3 +46,25 @@ rule download:
         ENV
     script:
         "../workflow_scripts/verify_downloads.py"
+
+
+# The ImageNet weights rule exists only when `resnet18.weights: imagenet`: naming the file asks torchvision, and a
+# config without ImageNet weights should not import torch while Snakemake builds the DAG.
+if config["resnet18"]["weights"] == "imagenet":
+
+    localrules:
+        download_weights,
+
+    rule download_weights:
+        output:
+            IMAGENET_WEIGHTS,
+        log:
+            f"{LOGS}/weights/{Path(IMAGENET_WEIGHTS).stem}.log",
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=30,
+        conda:
+            ENV
+        script:
+            "../workflow_scripts/download_weights.py"

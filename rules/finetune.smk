@@ -1,26 +1,25 @@
-# Fine-tuning (report section 3): ResNet-18 + fastai's head, trained in two one-cycle stages, then the
-# fine-tuned layers (layer4, head_pool, head_hidden, softmax) of every image into a feature store.
+# Fine-tuning (report section 3): ResNet-18 + fastai's head, trained in two one-cycle stages; the checkpoint,
+# the training log and the test predictions. Its feature store is written by `extract_features`.
 
 
 rule finetune_resnet18:
     input:
-        data="results/data/{dataset}.zarr",
+        data=IMAGES,
         weights=RESNET18_WEIGHTS_FILES,
     output:
-        model="results/models/{dataset}/resnet18_finetuned.pt",
-        training_log="results/models/{dataset}/training_log.csv",
-        predictions="results/models/{dataset}/predictions.csv",
+        model=MODEL,
+        training_log=TRAINING_LOG,
+        predictions=PREDICTIONS,
     params:
         finetune=config["finetune"],
         resnet18=config["resnet18"],
         seed=config["seed"],
         deterministic=config["deterministic"],
-        device=config["device"],
         resources="resources",
     log:
-        "results/logs/models/{dataset}/resnet18_finetuned.log",
+        f"{LOGS}/models/{{dataset}}/resnet18_finetuned.log",
     benchmark:
-        "results/benchmarks/models/{dataset}/resnet18_finetuned.tsv"
+        f"{BENCHMARKS}/models/{{dataset}}/resnet18_finetuned.tsv"
     threads: 8
     resources:
         **gpu_resources(mem_mb=8000, runtime=240),
@@ -28,25 +27,3 @@ rule finetune_resnet18:
         ENV
     script:
         "../workflow_scripts/finetune_resnet18.py"
-
-
-rule extract_finetuned_features:
-    input:
-        data="results/data/{dataset}.zarr",
-        model="results/models/{dataset}/resnet18_finetuned.pt",
-    output:
-        directory("results/features/{dataset}/resnet18_finetuned.zarr"),
-    params:
-        batch_size=config["resnet18"]["batch_size"],
-        device=config["device"],
-    log:
-        "results/logs/features/{dataset}/resnet18_finetuned.log",
-    benchmark:
-        "results/benchmarks/features/{dataset}/resnet18_finetuned.tsv"
-    threads: 4
-    resources:
-        **gpu_resources(mem_mb=8000, runtime=60),
-    conda:
-        ENV
-    script:
-        "../workflow_scripts/extract_finetuned_features.py"

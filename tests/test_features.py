@@ -1,4 +1,4 @@
-"""Feature extraction (issue 3): values against kymatio / a manual forward, store layout, other-process reads."""
+"""Feature extraction: values against kymatio / a manual forward, store layout, other-process reads, the rules."""
 
 from __future__ import annotations
 
@@ -167,6 +167,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/download.smk"
 include: "rules/features.smk"
 
 
@@ -178,7 +179,7 @@ rule all:
 
 
 def mini_workflow(tmp_path, weights="random"):
-    """The real rules/ and workflow_scripts/ with a Snakefile that includes only data and features."""
+    """The real rules/ and workflow_scripts/ with a Snakefile that includes only data, downloads and features."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]

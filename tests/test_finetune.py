@@ -1,4 +1,4 @@
-"""Fine-tuning: model head, freezing, one-cycle schedule, learning, checkpoints and resume (issue 4)."""
+"""Fine-tuning: model head, freezing, one-cycle schedule, learning, checkpoints, resume, fine-tuned features."""
 
 import math
 
@@ -7,9 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from embedscope import checkpoint as ckpt
 from embedscope import finetune as ft
+from embedscope.artifacts import read_predictions, read_training_log
+from embedscope.features import extract_features
 from embedscope.layers import BODY_LAYERS, FINETUNED_LAYERS
-from embedscope.store import layer_names, load_features, write_image_store
+from embedscope.resnet import ConcatPool2d, FinetunedResNet18, FinetuneError, preprocess
+from embedscope.store import layer_names, load_features, open_complete, write_image_store
 
 SIZE = 16  # small images keep ResNet-18 fast; layer4 is 1x1 here
 
@@ -40,7 +44,7 @@ def _cpu_deterministic():
 
 @pytest.mark.parametrize("n_classes", [10, 3])
 def test_head_shapes(n_classes):
-    model = ft.FinetunedResNet18(n_classes).eval()
+    model = FinetunedResNet18(n_classes).eval()
     assert list(dict(model.body.named_children())) == list(BODY_LAYERS)
     names = [type(m).__name__ for m in model.head]
     assert names == ["ConcatPool2d", "Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d",
@@ -61,11 +65,11 @@ def test_head_shapes(n_classes):
 def test_concat_pool_equals_torch_pools():
     x = torch.randn(3, 5, 7, 6)
     expected = torch.cat([nn.AdaptiveAvgPool2d(1)(x), nn.AdaptiveMaxPool2d(1)(x)], dim=1)
-    assert torch.equal(ft.ConcatPool2d()(x), expected)
+    assert torch.equal(ConcatPool2d()(x), expected)
 
 
 def test_stage1_step_freezes_convs_but_trains_batchnorm():
-    model = ft.FinetunedResNet18(2)
+    model = FinetunedResNet18(2)
     ft.freeze_body(model, frozen=True)
     recipe = ft.recipe_from_config(quick_recipe())
     lrs = ft.stage_lrs(recipe, 1)
@@ -125,7 +129,7 @@ def test_stage2_group_lrs_in_configured_ratio():
     curve, _ = lr_curve(recipe, 2, total=40)
     assert np.allclose(curve[:, 1] / curve[:, 0], 10.0) and np.allclose(curve[:, 2] / curve[:, 1], 10.0)
     assert math.isclose(curve[:, 2].max(), 1e-4, rel_tol=1e-3)
-    model = ft.FinetunedResNet18(3)
+    model = FinetunedResNet18(3)
     groups = ft.layer_groups(model, 3)
     front = {id(p) for name in BODY_LAYERS[:6] for p in getattr(model.body, name).parameters()}
     assert {id(p) for p in groups[0]} == front
@@ -134,18 +138,18 @@ def test_stage2_group_lrs_in_configured_ratio():
 
 
 def test_bad_recipe_names_the_key():
-    with pytest.raises(ft.FinetuneError, match="finetune.lr_groups"):
+    with pytest.raises(FinetuneError, match="finetune.lr_groups"):
         ft.recipe_from_config({"lr_groups": 4})
-    with pytest.raises(ft.FinetuneError, match="finetune.stage2_lr_min"):
+    with pytest.raises(FinetuneError, match="finetune.stage2_lr_min"):
         ft.recipe_from_config({"stage2_lr_min": 1e-2, "stage2_lr_max": 1e-3})
-    with pytest.raises(ft.FinetuneError, match="finetune.bogus"):
+    with pytest.raises(FinetuneError, match="finetune.bogus"):
         ft.recipe_from_config({"bogus": 1})
 
 
 def test_learns_two_easy_classes():
     torch.manual_seed(0)
     images, labels = toy_images(200)
-    model = ft.FinetunedResNet18(2, seed=0)
+    model = FinetunedResNet18(2, seed=0)
     train = ft.BatchLoader(images, labels, 32, shuffle=True, drop_last=True)
     test = ft.BatchLoader(images, labels, 100)
     ft.fit(model, train, test, quick_recipe(stage1_epochs=2, stage2_epochs=2), seed=0)
@@ -153,12 +157,18 @@ def test_learns_two_easy_classes():
     assert result["accuracy"] >= 0.9, result["accuracy"]
 
 
-@pytest.fixture
-def toy_store(tmp_path):
+def write_toy_store(path, class_names=("top", "bottom")):
+    """96 toy images, every third one in the test split (32 test, 64 train)."""
     images, labels = toy_images(96, seed=1)
     split = (np.arange(96) % 3 == 0).astype(np.uint8)
+    write_image_store(path, images, labels, split, list(class_names))
+    return images
+
+
+@pytest.fixture
+def toy_store(tmp_path):
     path = tmp_path / "toy.zarr"
-    write_image_store(path, images, labels, split, ["top", "bottom"])
+    write_toy_store(path)
     return path
 
 
@@ -169,51 +179,144 @@ def run_training(store, out, stage1_epochs=1, stage2_epochs=1, **kwargs):
         finetune=recipe, resnet18={"weights": "random"}, seed=0, **kwargs)
 
 
-def test_checkpoint_round_trip_log_predictions_and_features(toy_store, tmp_path):
-    import pandas as pd
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short training run (1 + 1 epochs, random weights) on the toy store: (store, images, models dir, result)."""
+    root = tmp_path_factory.mktemp("trained")
+    images = write_toy_store(root / "toy.zarr")
+    torch.use_deterministic_algorithms(True)
+    result = run_training(root / "toy.zarr", root / "models")
+    return root / "toy.zarr", images, root / "models", result
 
-    out = tmp_path / "models"
-    result = run_training(toy_store, out)
+
+def test_checkpoint_round_trips_with_weights_only(trained):
+    _, _, out, result = trained
     checkpoint = torch.load(out / "resnet18_finetuned.pt", weights_only=True)
     assert checkpoint["class_names"] == ["top", "bottom"] and checkpoint["stage"] == 2 and checkpoint["epoch"] == 0
-    assert checkpoint["config"]["finetune"]["stage2_lr_max"] == 1e-3
-    model, loaded = ft.load_finetuned(out / "resnet18_finetuned.pt")
+    assert checkpoint["n_classes"] == 2 and checkpoint["config"]["finetune"]["stage2_lr_max"] == 1e-3
+    assert {"optimizer", "scheduler", "scaler", "config_digest", "train_seconds", "package_versions"} <= set(checkpoint)
+    model, loaded = ckpt.load_finetuned(out / "resnet18_finetuned.pt")
     assert not model.training and loaded["test_accuracy"] == result["test_accuracy"]
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(model.state_dict()[key], value), key
     assert not (out / "resume").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "resnet18_finetuned.pt", "training_log.csv"]
 
-    log = pd.read_csv(out / "training_log.csv")
-    assert list(log.columns) == ["kind", "stage", "epoch", "step", "lr_0", "lr_1", "lr_2", "train_loss",
-                                 "test_loss", "test_accuracy"]
-    steps, epochs = log[log.kind == "step"], log[log.kind == "epoch"]
+
+def test_training_log_and_predictions(trained):
+    _, _, out, result = trained
+    steps, epochs, lr_columns = read_training_log(out / "training_log.csv")
+    header = (out / "training_log.csv").read_text().splitlines()[0]
+    assert header == "kind,stage,epoch,step,lr_0,lr_1,lr_2,train_loss,test_loss,test_accuracy"
+    assert lr_columns == ["lr_0", "lr_1", "lr_2"]
     assert list(steps.step) == list(range(len(steps))) and len(steps) == 2 * 4  # 64 train images / 16
     assert list(zip(epochs.stage, epochs.epoch, strict=True)) == [(1, 0), (2, 0)]
+    assert list(epochs.step) == [3, 7]
     assert steps.test_loss.isna().all() and epochs.lr_0.isna().all() and epochs.test_accuracy.notna().all()
     s1 = steps[steps.stage == 1]
     assert np.allclose(s1.lr_0, s1.lr_2)
     s2 = steps[steps.stage == 2]
     assert np.allclose(s2.lr_2 / s2.lr_0, 10.0)
 
-    pred = pd.read_csv(out / "predictions.csv")
+    pred = read_predictions(out / "predictions.csv")
     assert list(pred.columns) == ["index", "label", "pred", "prob", "loss", "prob_0", "prob_1"]
     assert list(pred["index"]) == list(np.arange(96)[np.arange(96) % 3 == 0])
     assert np.allclose(pred[["prob_0", "prob_1"]].sum(axis=1), 1, atol=1e-5)
     assert np.isclose((pred.pred == pred.label).mean(), result["test_accuracy"])
     assert np.allclose(pred.loss, -np.log(np.where(pred.label == 0, pred.prob_0, pred.prob_1)), atol=1e-4)
 
-    store = tmp_path / "features" / "resnet18_finetuned.zarr"
-    ft.extract_finetuned_features(toy_store, out / "resnet18_finetuned.pt", store, batch_size=40)
-    assert layer_names(store) == list(FINETUNED_LAYERS)
-    dims = {"layer4": 512, "head_pool": 1024, "head_hidden": 512, "softmax": 2}
-    for layer, dim in dims.items():
-        fs = load_features(store, layer)
-        assert fs.features.shape == (96, dim) and list(fs.index) == list(range(96))
-        assert fs.attrs["extractor"] == "resnet18_finetuned" and fs.attrs["layer"] == layer
-        assert fs.attrs["weights"] == "random" and "torch" in fs.attrs["package_versions"]
-    assert load_features(store, "layer4").attrs["shape_before_pooling"] == [512, 1, 1]
+
+def direct_embeddings(model_path, images, batch_size):
+    """FinetunedResNet18.embeddings on ``images`` in slices of ``batch_size``, without the extraction code."""
+    model, _ = ckpt.load_finetuned(model_path)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            parts.append(model.embeddings(preprocess(images[start : start + batch_size])))
+    return {layer: torch.cat([p[layer] for p in parts]).numpy() for layer in FINETUNED_LAYERS}
+
+
+@pytest.mark.parametrize("batch_size", [96, 40])  # every image in one call; three batches (the last partial)
+def test_finetuned_store_equals_embeddings_of_all_images(trained, tmp_path, batch_size):
+    data, images, out, _ = trained
+    store = tmp_path / "resnet18_finetuned.zarr"
+    layers = extract_features(data, store, "resnet18_finetuned", model_path=out / "resnet18_finetuned.pt",
+                              batch_size=batch_size)
+    assert layers == layer_names(store) == list(FINETUNED_LAYERS)
+    expected = direct_embeddings(out / "resnet18_finetuned.pt", images, batch_size)
+    for layer in FINETUNED_LAYERS:
+        got = load_features(store, layer)
+        assert got.features.dtype == np.float32
+        assert np.array_equal(got.features, expected[layer]), layer
+        assert list(got.index) == list(range(96)) and list(got.labels) == list(np.arange(96) % 2)
+    assert {layer: load_features(store, layer).features.shape[1] for layer in FINETUNED_LAYERS} == {
+        "layer4": 512, "head_pool": 1024, "head_hidden": 512, "softmax": 2}
+
+
+def test_finetuned_store_attributes(trained, tmp_path):
+    data, _, out, result = trained
+    store = tmp_path / "resnet18_finetuned.zarr"
+    model_path = out / "resnet18_finetuned.pt"
+    extract_features(data, store, "resnet18_finetuned", model_path=model_path, batch_size=40, seed=5)
+    checkpoint = torch.load(model_path, weights_only=True)
+    attrs = dict(open_complete(store).attrs)
+    assert sorted(attrs) == ["class_names", "complete", "config_digest", "extractor", "image_shape", "image_store",
+                             "layers", "model", "model_config_digest", "model_test_accuracy", "package_versions",
+                             "seed", "settings", "weights"]
+    assert attrs["extractor"] == "resnet18_finetuned" and attrs["weights"] == "random"
+    assert attrs["settings"] == {"resize": None, "finetune": checkpoint["config"]["finetune"]}
+    assert attrs["image_store"] == str(data) and attrs["model"] == str(model_path)
+    assert attrs["image_shape"] == [16, 16, 1] and attrs["class_names"] == ["top", "bottom"]
+    assert attrs["model_config_digest"] == checkpoint["config_digest"]
+    assert attrs["model_test_accuracy"] == result["test_accuracy"]
+    assert attrs["seed"] == 0  # the checkpoint's training seed, not the extraction job's
+    assert sorted(attrs["package_versions"]) == ["numpy", "torch", "torchvision", "zarr"]
+    layer_attrs = {layer: load_features(store, layer).attrs for layer in FINETUNED_LAYERS}
+    assert {layer: a["shape_before_pooling"] for layer, a in layer_attrs.items()} == {
+        "layer4": [512, 1, 1], "head_pool": [1024], "head_hidden": [512], "softmax": [2]}
+    assert {layer: a["pooling"] for layer, a in layer_attrs.items()} == {
+        "layer4": "global average", "head_pool": "concat (average || max), BatchNorm1d", "head_hidden": "none",
+        "softmax": "none"}
+    assert all(a["extractor"] == "resnet18_finetuned" and a["layer"] == layer for layer, a in layer_attrs.items())
+
+
+def test_softmax_of_test_split_equals_predictions(trained, tmp_path):
+    data, _, out, _ = trained
+    store = tmp_path / "resnet18_finetuned.zarr"
+    extract_features(data, store, "resnet18_finetuned", model_path=out / "resnet18_finetuned.pt", batch_size=40)
+    pred = read_predictions(out / "predictions.csv")
     test = load_features(store, "softmax", "test")
     assert np.allclose(test.features, pred[["prob_0", "prob_1"]].to_numpy(), atol=1e-5)
+
+
+def test_finetuned_extraction_refuses_other_classes(trained, tmp_path):
+    _, _, out, _ = trained
+    other = tmp_path / "other.zarr"
+    write_toy_store(other, class_names=("left", "right"))
+    with pytest.raises(FinetuneError, match=r"trained on classes \['top', 'bottom'\], but .*other\.zarr"):
+        extract_features(other, tmp_path / "f.zarr", "resnet18_finetuned", model_path=out / "resnet18_finetuned.pt")
+    with pytest.raises(ValueError, match="needs its checkpoint"):
+        extract_features(other, tmp_path / "f.zarr", "resnet18_finetuned")
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_unusable_checkpoints_are_named(trained, tmp_path):
+    _, _, out, _ = trained
+    with pytest.raises(FinetuneError, match=r"missing\.pt does not exist"):
+        ckpt.load_finetuned(tmp_path / "missing.pt")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {}, "class_names": ["a", "b"], "code": nn.Linear(2, 2)}, pickled)
+    with pytest.raises(FinetuneError, match=r"pickled\.pt could not be read with torch\.load\(weights_only=True\)"):
+        ckpt.load_finetuned(pickled)
+    plain = tmp_path / "plain.pt"
+    torch.save(FinetunedResNet18(2).state_dict(), plain)
+    with pytest.raises(FinetuneError, match=r"plain\.pt is not a fine-tuned ResNet-18 checkpoint"):
+        ckpt.load_finetuned(plain)
+    checkpoint = torch.load(out / "resnet18_finetuned.pt", weights_only=True)
+    wrong = tmp_path / "three_classes.pt"
+    torch.save({**checkpoint, "class_names": ["a", "b", "c"]}, wrong)
+    with pytest.raises(FinetuneError, match=r"three_classes\.pt: Error\(s\) in loading state_dict"):
+        ckpt.load_finetuned(wrong)
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path):
@@ -227,7 +330,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path
     part = tmp_path / "part"
     with pytest.raises(ft.TrainingInterrupted):
         run_training(toy_store, part, stage2_epochs=2, on_epoch_end=crash)
-    resume = ft.default_resume_path(part / "resnet18_finetuned.pt")
+    resume = ckpt.default_resume_path(part / "resnet18_finetuned.pt")
     assert resume == part / "resume" / "resnet18_finetuned.resume.pt" and resume.is_file()
     assert not (part / "resnet18_finetuned.pt").exists()
     assert torch.load(resume, weights_only=True)["stage"] == 2
@@ -241,3 +344,33 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert (full / "training_log.csv").read_text() == (part / "training_log.csv").read_text()
+
+
+def test_resume_file_is_used_only_for_its_own_settings(tmp_path):
+    model = FinetunedResNet18(2)
+    path = ckpt.default_resume_path(tmp_path / "resnet18_finetuned.pt")
+    training = {"optimizer": {}, "scheduler": {}, "scaler": {}, "stage": 1, "epoch": 0}
+    rows = [{"kind": "step", "stage": 1, "epoch": 0, "step": 0, "lr_0": 1e-3, "train_loss": 0.5}]
+    ckpt.save_resume(path, model, training, rows, "digest-a", 3)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["resnet18_finetuned.resume.pt"]  # no temporary left
+    assert ckpt.load_resume(path, "digest-b") is None
+    state = ckpt.load_resume(path, "digest-a")
+    assert state["rows"] == rows and (state["stage"], state["epoch"], state["n_groups"]) == (1, 0, 3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+    path.write_bytes(b"not a torch file")
+    assert ckpt.load_resume(path, "digest-a") is None
+    assert ckpt.load_resume(None, "digest-a") is None
+    ckpt.remove_resume(path)
+    assert not path.parent.exists()
+
+
+def test_embedding_shapes_leave_batchnorm_statistics_and_mode_alone():
+    model = FinetunedResNet18(3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.embedding_shapes((28, 28)) == {"layer4": [512, 1, 1], "head_pool": [1024], "head_hidden": [512],
+                                                "softmax": [3]}
+    assert model.embedding_shapes((64, 64))["layer4"] == [512, 2, 2]
+    assert model.training and model.body.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(before[key], value), key

@@ -1,4 +1,5 @@
-"""ResNet-18 weights (issue 3): state_dict files round-trip, bad files are named, the hash-checked download."""
+"""ResNet-18 weights: state_dict files round-trip, bad files are named, the hash-checked download, and the
+torchvision enum as the one source of the ImageNet file's URL, name, hash prefix and normalisation."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import torch
 from embedscope.features import extract_features
 from embedscope.resnet import (
     IMAGENET_HASH_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     IMAGENET_WEIGHTS_FILE,
+    IMAGENET_WEIGHTS_URL,
     WeightsError,
     build_resnet18,
     download_imagenet_weights,
+    imagenet_weights_path,
 )
 from embedscope.store import load_features, write_image_store
 
@@ -87,7 +92,6 @@ def test_download_checks_hash(saved, tmp_path):
     destination = tmp_path / "weights" / IMAGENET_WEIGHTS_FILE
     download_imagenet_weights(destination, url=path.as_uri(), hash_prefix=sha[:8])
     assert destination.read_bytes() == path.read_bytes()
-    assert IMAGENET_HASH_PREFIX == "f37072fd"
 
     other = tmp_path / "other" / IMAGENET_WEIGHTS_FILE
     with pytest.raises(WeightsError, match="hash"):
@@ -109,3 +113,13 @@ def test_download_rejects_wrong_architecture(tmp_path):
     with pytest.raises(WeightsError, match="not a ResNet-18 state_dict"):
         download_imagenet_weights(destination, url=wrong.as_uri(), hash_prefix=None)
     assert not destination.exists()
+
+
+def test_imagenet_file_comes_from_torchvision_enum():
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    assert IMAGENET_WEIGHTS_URL == weights.url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert IMAGENET_WEIGHTS_FILE == "resnet18-f37072fd.pth" and IMAGENET_HASH_PREFIX == "f37072fd"
+    assert str(imagenet_weights_path("resources")) == "resources/weights/resnet18-f37072fd.pth"
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)

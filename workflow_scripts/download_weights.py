@@ -6,4 +6,4 @@ from embedscope.resnet import download_imagenet_weights
 from embedscope.runtime import setup_logging
 
 setup_logging()
-download_imagenet_weights(snakemake.output[0], url=snakemake.params.url)
+download_imagenet_weights(snakemake.output[0])

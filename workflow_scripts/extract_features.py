@@ -15,4 +15,5 @@ extract_features(
     device=device,
     resources=snakemake.params.resources,
     seed=snakemake.params.seed,
+    model_path=snakemake.input.model or None,
 )

@@ -1,12 +1,16 @@
 """Feature extraction: image store -> per-extractor feature store, one group per layer.
 
-Two extractors (DESIGN.md, "Layers"):
+Three extractors (DESIGN.md, "Layers"):
 
 - ``scattering``: kymatio's Scattering2D (J, L from config) on each channel of ``images / 255``, all orders,
   flattened: (C, 1 + J*L + L*L*J*(J-1)/2, H/2^J, W/2^J) -> C * 3,969 values for 28x28 with J=2, L=8.
 - ``resnet18`` (frozen): forward hooks on the eight body children (conv1 ... layer4), each output globally
   average-pooled to its channel count (64, 64, 64, 64, 64, 128, 256, 512).
+- ``resnet18_finetuned``: the fine-tuned checkpoint's ``embeddings`` (layer4, head_pool, head_hidden, softmax).
 
+Every extractor has the same shape: ``name``, ``layers``, ``pooling`` (layer -> how it was pooled), ``device``,
+``weights``, ``settings``, ``shapes`` (layer -> shape before pooling), ``prepare(uint8 NHWC batch)``,
+``__call__(prepared batch) -> {layer: (n, D) tensor}`` and ``store_attrs(seed)`` (the store's attributes).
 One generic loop (:func:`run_extraction`) reads the image store batch by batch from the Zarr array (so memory
 does not grow with N), runs an extractor under ``torch.inference_mode`` and writes whole chunks through
 :class:`embedscope.store.FeatureStoreWriter` (atomic, ``complete`` last).
@@ -14,7 +18,6 @@ does not grow with N), runs an extractor under ``torch.inference_mode`` and writ
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -25,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedscope.layers import BODY_LAYERS
+from embedscope.download import file_sha256
+from embedscope.layers import BODY_LAYERS, EXTRACTOR_LAYERS, FINETUNED_LAYERS
 from embedscope.store import (
     FeatureStoreWriter,
     config_digest,
@@ -36,18 +40,37 @@ from embedscope.store import (
 
 log = logging.getLogger(__name__)
 
-FEATURE_EXTRACTORS = ("scattering", "resnet18")
+FEATURE_EXTRACTORS = tuple(EXTRACTOR_LAYERS)
 
 
 # ---- extractors ------------------------------------------------------------------------------------
 
 
-class ScatteringExtractor:
+class FrozenExtractor:
+    """What the scattering and frozen ResNet-18 extractors share: their store attributes follow from their
+    settings and the job's seed."""
+
+    name: str
+    weights: str
+    settings: dict[str, Any]
+
+    def store_attrs(self, seed: int) -> dict[str, Any]:
+        return {
+            "extractor": self.name,
+            "weights": self.weights,
+            "settings": dict(self.settings),
+            "config_digest": config_digest({"extractor": self.name, **self.settings}),
+            "package_versions": package_versions("torch", "torchvision", "kymatio"),
+            "seed": seed,
+        }
+
+
+class ScatteringExtractor(FrozenExtractor):
     """kymatio Scattering2D applied to every channel of ``uint8 / 255``; one layer ``scattering``."""
 
     name = "scattering"
-    layers = ("scattering",)
-    pooling = "none (all orders, flattened)"
+    layers = EXTRACTOR_LAYERS["scattering"]
+    pooling = {"scattering": "none (all orders, flattened)"}
 
     def __init__(self, J: int, L: int, image_shape: tuple[int, int], device: str = "cpu", max_order: int = 2):
         # kymatio 0.3.0's `kymatio.torch` imports its 3-D frontend, which breaks on scipy >= 1.17 (NOTES.md).
@@ -75,12 +98,12 @@ class ScatteringExtractor:
         return {"scattering": out.reshape(len(out), -1)}
 
 
-class ResNetExtractor:
+class ResNetExtractor(FrozenExtractor):
     """A frozen ResNet-18; forward hooks on the body children, each output globally average-pooled."""
 
     name = "resnet18"
     layers = BODY_LAYERS
-    pooling = "global average"
+    pooling = dict.fromkeys(BODY_LAYERS, "global average")
 
     def __init__(self, model: nn.Module, resize: int | None = None, device: str = "cpu",
                  weights: str = "random", weights_sha256: str | None = None, name: str = "resnet18"):
@@ -122,23 +145,91 @@ class ResNetExtractor:
         self._handles = []
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class FinetunedExtractor:
+    """The fine-tuned ResNet-18 of a checkpoint: its ``embeddings`` (FINETUNED_LAYERS) of every image.
+
+    Weights, resize and seed are the checkpoint's (what shaped the model), not the current config's.
+    """
+
+    name = "resnet18_finetuned"
+    layers = FINETUNED_LAYERS
+    pooling = {
+        "layer4": "global average",
+        "head_pool": "concat (average || max), BatchNorm1d",
+        "head_hidden": "none",
+        "softmax": "none",
+    }
+
+    def __init__(self, model, checkpoint: Mapping[str, Any], model_path: str | Path,
+                 image_shape: tuple[int, ...], device: str = "cpu"):
+        config = checkpoint["config"]
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.checkpoint = checkpoint
+        self.model_path = model_path
+        self.resize = config["resnet18"]["resize"]
+        self.device = device
+        self.weights = config["resnet18"]["weights"]
+        self.settings = {"resize": self.resize, "finetune": config["finetune"]}
+        height, width = (self.resize, self.resize) if self.resize else tuple(image_shape[:2])
+        self.shapes = self.model.embedding_shapes((height, width))
+
+    @classmethod
+    def from_checkpoint(cls, model_path: str | Path, image_store: str | Path, class_names, image_shape,
+                        device: str = "cpu") -> FinetunedExtractor:
+        """The checkpoint's model, refused if it was trained on other classes than ``image_store`` holds."""
+        from embedscope.checkpoint import load_finetuned
+        from embedscope.resnet import FinetuneError
+
+        model, checkpoint = load_finetuned(model_path, "cpu")
+        if list(checkpoint["class_names"]) != list(class_names):
+            raise FinetuneError(
+                f"checkpoint {model_path} was trained on classes {checkpoint['class_names']}, but "
+                f"{image_store} has {list(class_names)}"
+            )
+        return cls(model, checkpoint, model_path, image_shape, device)
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        from embedscope.resnet import preprocess
+
+        return preprocess(images, self.resize)
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.embeddings(x.to(self.device))
+
+    def store_attrs(self, seed: int) -> dict[str, Any]:
+        """``seed`` is not used: the store records the seed the checkpoint was trained with."""
+        checkpoint = self.checkpoint
+        return {
+            "extractor": self.name,
+            "weights": self.weights,
+            "settings": dict(self.settings),
+            "model": str(self.model_path),
+            "model_config_digest": checkpoint["config_digest"],
+            "model_test_accuracy": checkpoint.get("test_accuracy"),
+            "config_digest": config_digest({"model": checkpoint["config_digest"], "layers": list(self.layers)}),
+            "package_versions": package_versions("torch", "torchvision"),
+            "seed": checkpoint["config"]["seed"],
+        }
 
 
 def build_extractor(
     extractor: str,
     settings: Mapping[str, Any],
-    image_shape: tuple[int, int, int],
+    image_store: str | Path,
     device: str = "cpu",
     resources: str | Path = "resources",
     seed: int = 0,
+    model_path: str | Path | None = None,
 ):
-    """The extractor named ``extractor`` with its config section ``settings`` (``scattering`` or ``resnet18``)."""
+    """The extractor named ``extractor`` for the images of ``image_store``.
+
+    ``settings`` is its config section (``scattering`` or ``resnet18``); ``resnet18_finetuned`` takes its
+    settings from the checkpoint ``model_path`` instead.
+    """
+    if extractor not in FEATURE_EXTRACTORS:
+        raise ValueError(f"unknown extractor {extractor!r}; expected one of {list(FEATURE_EXTRACTORS)}")
+    group = open_complete(image_store)
+    image_shape = tuple(int(s) for s in group["images"].shape[1:])
     if extractor == "scattering":
         return ScatteringExtractor(settings.get("J", 2), settings.get("L", 8), image_shape[:2], device)
     if extractor == "resnet18":
@@ -150,7 +241,10 @@ def build_extractor(
         sha = file_sha256(path) if path is not None else None
         label = weights if weights in ("imagenet", "random") else str(path)
         return ResNetExtractor(model, settings.get("resize"), device, weights=label, weights_sha256=sha)
-    raise ValueError(f"unknown extractor {extractor!r}; expected one of {list(FEATURE_EXTRACTORS)}")
+    if model_path is None:
+        raise ValueError("the resnet18_finetuned extractor needs its checkpoint (model_path)")
+    class_names = list(group.attrs.get("class_names", []))
+    return FinetunedExtractor.from_checkpoint(model_path, image_store, class_names, image_shape, device)
 
 
 # ---- the batch loop -------------------------------------------------------------------------------
@@ -235,7 +329,7 @@ def run_extraction(
                     outputs = extractor(x)
                     for layer, values in outputs.items():
                         layer_attrs = {"shape_before_pooling": extractor.shapes[layer],
-                                       "pooling": extractor.pooling}
+                                       "pooling": extractor.pooling[layer]}
                         layers.add(layer, block_start + offset, values.float().cpu().numpy(), layer_attrs)
                     bar.update(len(x))
         layers.close()
@@ -246,26 +340,20 @@ def extract_features(
     image_store: str | Path,
     output: str | Path,
     extractor: str,
-    settings: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     resources: str | Path = "resources",
     seed: int = 0,
+    model_path: str | Path | None = None,
 ) -> list[str]:
-    """The ``extract_features`` rule: build ``extractor`` from its config section and write its store."""
-    group = open_complete(image_store)
-    image_shape = tuple(int(s) for s in group["images"].shape[1:])
-    model = build_extractor(extractor, settings, image_shape, device, resources, seed)
-    attrs = {
-        "extractor": extractor,
-        "weights": model.weights,
-        "settings": dict(model.settings),
-        "config_digest": config_digest({"extractor": extractor, **model.settings}),
-        "package_versions": package_versions("torch", "torchvision", "kymatio"),
-        "seed": seed,
-    }
-    layers = run_extraction(image_store, output, model, batch_size, attrs)
-    if hasattr(model, "close"):
-        model.close()
+    """The ``extract_features`` rule: build ``extractor`` (from its config section ``settings``, or from the
+    checkpoint ``model_path`` for ``resnet18_finetuned``) and write its store."""
+    model = build_extractor(extractor, settings or {}, image_store, device, resources, seed, model_path)
+    try:
+        layers = run_extraction(image_store, output, model, batch_size, model.store_attrs(seed))
+    finally:
+        if hasattr(model, "close"):
+            model.close()
     log.info("wrote %s: layers %s", output, layers)
     return layers

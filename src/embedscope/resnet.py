@@ -1,4 +1,12 @@
-"""ResNet-18 construction, weights, and the image preprocessing every ResNet stage shares."""
+"""ResNet-18: construction, weights, the image preprocessing every ResNet stage shares, and the fine-tuned model.
+
+torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` is the one source of the ImageNet file's URL, file name and
+SHA-256 prefix, and of the normalisation every ResNet stage applies (whatever the weights: the report
+normalised its inputs this way for random initialisation too).
+
+:class:`FinetunedResNet18` is the body (``BODY_LAYERS``) + fastai v1's head that fine-tuning trains
+(:mod:`embedscope.finetune`); its checkpoint is read and written by :mod:`embedscope.checkpoint`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,31 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.hub import HASH_REGEX
+from torchvision.models import ResNet18_Weights, resnet18
 
-from embedscope.layers import BODY_CHANNELS, BODY_LAYERS  # noqa: F401
+from embedscope.layers import BODY_CHANNELS, BODY_LAYERS
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name (hash prefix f37072fd)
+IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+IMAGENET_WEIGHTS_URL = IMAGENET_WEIGHTS.url
+IMAGENET_WEIGHTS_FILE = IMAGENET_WEIGHTS_URL.rsplit("/", 1)[-1]  # resnet18-f37072fd.pth
+# The prefix torch.hub's check_hash reads from the file name ("-<sha256 prefix>."), as torchvision checks it.
+IMAGENET_HASH_PREFIX = HASH_REGEX.search(IMAGENET_WEIGHTS_FILE).group(1)
+_IMAGENET_TRANSFORMS = IMAGENET_WEIGHTS.transforms()
+IMAGENET_MEAN = tuple(_IMAGENET_TRANSFORMS.mean)
+IMAGENET_STD = tuple(_IMAGENET_TRANSFORMS.std)
+
+BODY_CHANNELS_OUT = BODY_CHANNELS[BODY_LAYERS[-1]]  # 512: what the head's concat pooling doubles
 
 
 class WeightsError(RuntimeError):
     """A weights setting or file is unusable."""
+
+
+class FinetuneError(RuntimeError):
+    """A fine-tuning setting, input or checkpoint is unusable."""
 
 
 def imagenet_weights_path(resources: str | Path = "resources") -> Path:
@@ -54,8 +75,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def build_resnet18(weights: str = "random", resources: str | Path = "resources", seed: int = 0) -> nn.Module:
     """torchvision ResNet-18 with ``weights``: ``imagenet``, ``random`` (seeded) or a state_dict path."""
-    from torchvision.models import resnet18
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = resnet18(weights=None)
@@ -96,10 +115,6 @@ def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> 
     return (x - mean) / std
 
 
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/" + IMAGENET_WEIGHTS_FILE
-IMAGENET_HASH_PREFIX = IMAGENET_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]  # "f37072fd", sha256 prefix
-
-
 def download_imagenet_weights(
     destination: str | Path,
     url: str = IMAGENET_WEIGHTS_URL,
@@ -130,8 +145,6 @@ def download_imagenet_weights(
         except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
             raise WeightsError(f"download of {url} failed its hash check for {destination}: {exc}") from exc
         state = load_state_dict_file(tmp)
-        from torchvision.models import resnet18
-
         try:
             resnet18(weights=None).load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -142,3 +155,91 @@ def download_imagenet_weights(
         tmp.unlink(missing_ok=True)
     log.info("downloaded %s -> %s", url, destination)
     return destination
+
+
+# ---- the fine-tuned model ------------------------------------------------------------------------------------
+
+
+class ConcatPool2d(nn.Module):
+    """Adaptive average pooling || adaptive max pooling along channels: (N, C, H, W) -> (N, 2C, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [nn.functional.adaptive_avg_pool2d(x, 1), nn.functional.adaptive_max_pool2d(x, 1)], 1
+        )
+
+
+def make_head(n_classes: int, in_channels: int = BODY_CHANNELS_OUT, hidden: int = 512) -> nn.Sequential:
+    """fastai v1's ``create_head``: indices 0..8 are the report's ``linear[1][i]``."""
+    if int(n_classes) < 2:
+        raise FinetuneError(f"fine-tuning needs at least 2 classes, got {n_classes}")
+    return nn.Sequential(
+        OrderedDict(
+            pool=ConcatPool2d(),
+            flatten=nn.Flatten(),
+            bn1=nn.BatchNorm1d(2 * in_channels),
+            drop1=nn.Dropout(0.25),
+            fc1=nn.Linear(2 * in_channels, hidden),
+            relu=nn.ReLU(inplace=True),
+            bn2=nn.BatchNorm1d(hidden),
+            drop2=nn.Dropout(0.5),
+            fc2=nn.Linear(hidden, int(n_classes)),
+        )
+    )
+
+
+class FinetunedResNet18(nn.Module):
+    """ResNet-18 body (children named BODY_LAYERS) + the report's head."""
+
+    def __init__(
+        self, n_classes: int, weights: str = "random", resources: str | Path = "resources", seed: int = 0
+    ):
+        super().__init__()
+        self.body = body_of(build_resnet18(weights, resources, seed=seed))
+        self.head = make_head(n_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            for module in self.head.modules():  # fastai's apply_init(head, kaiming_normal_)
+                if isinstance(module, nn.Linear):
+                    nn.init.kaiming_normal_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def n_classes(self) -> int:
+        return self.head.fc2.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four stored layers (FINETUNED_LAYERS) of one batch; call in eval mode."""
+        h = self.head
+        fmap = self.body(x)
+        pooled = h.drop1(h.bn1(h.flatten(h.pool(fmap))))
+        hidden = h.drop2(h.bn2(h.relu(h.fc1(pooled))))
+        logits = h.fc2(hidden)
+        return {
+            "layer4": fmap.float().mean(dim=(2, 3)),
+            "head_pool": pooled.float(),
+            "head_hidden": hidden.float(),
+            "softmax": torch.softmax(logits.float(), dim=1),
+        }
+
+    def embedding_shapes(self, image_shape: tuple[int, ...]) -> dict[str, list[int]]:
+        """Each stored layer's shape before pooling for inputs of (H, W): layer4's map is (512, H', W').
+
+        Runs the body once in eval mode (a train-mode pass would move the BatchNorm running statistics).
+        """
+        height, width = (int(s) for s in image_shape[:2])
+        parameter = next(self.body.parameters())
+        was_training = self.training
+        with torch.no_grad():
+            fmap = self.body.eval()(torch.zeros(1, 3, height, width, dtype=parameter.dtype,
+                                                device=parameter.device))
+        self.train(was_training)
+        return {
+            "layer4": list(fmap.shape[1:]),
+            "head_pool": [2 * BODY_CHANNELS_OUT],
+            "head_hidden": [self.head.fc1.out_features],
+            "softmax": [self.n_classes],
+        }
