@@ -192,7 +192,7 @@ def dataset_plan(dataset: str, settings: Mapping[str, Any], list_folder: Callabl
             from embedscope.sources import SourceError
 
             try:
-                sizes = imagefolder_sizes(key, settings, list_folder(str(root)))
+                sizes = imagefolder_sizes(key, settings, list_folder(settings["root"]))  # the workflow's cache key
             except SourceError as exc:
                 sizes.problems.append(f"{key}.root: {exc}")
         size = settings.get("image_size")
