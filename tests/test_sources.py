@@ -577,6 +577,12 @@ def test_other_files_are_counted_reported_and_listed_when_nothing_else_is_left(t
     with pytest.raises(SourceError, match=r"1 empty class folder\(s\) \(no .png/.jpg/.jpeg files\):\n  .*/c \(it "
                                           r"holds only photo.bmp, photo.webp\)"):
         list_imagefolder(root)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.tif", "b.gif"):
+        (flat / name).write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"flat holds no class folders \(it holds only other files: a.tif, b.gif\)"):
+        list_imagefolder(flat)
 
 
 def test_a_single_class_folder_stops_at_ingest(tmp_path):

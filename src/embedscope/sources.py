@@ -409,6 +409,8 @@ def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
         ignored += [prefix + f for f, _ in found.files] + [prefix + f for f in found.other]
         if not found.dirs:
             hint = f" ({len(found.files)} images lie directly in it)" if found.files else ""
+            if found.other:
+                hint += f" (it holds only other files: {_few(found.other)})"
             _refuse_outside(root, outside)
             raise SourceError(f"{folder} holds no class folders{hint}; expected {folder}/<class>/*.png|jpg")
         class_sets[part] = found.dirs
@@ -428,8 +430,7 @@ def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
             others = [d + "/" for d in found.dirs] + found.other
             ignored += [prefix + o for o in others]
             if not found.files:
-                shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-                held = f" (it holds only {shown})" if others else ""
+                held = f" (it holds only {_few(others)})" if others else ""
                 empty.append(f"{folder / name}{held}")
             entries += [FolderEntry(code if part else None, label, prefix + f, size, root) for f, size in found.files]
     _refuse_outside(root, outside)
@@ -438,6 +439,10 @@ def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
             f"{len(empty)} empty class folder(s) (no {'/'.join(IMAGE_SUFFIXES)} files):\n" + _listing(empty)
         )
     return ImageFolderListing(root, layout, class_names, entries, sorted(ignored))
+
+
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _refuse_outside(root: Path, outside: list[tuple[str, str]]) -> None:
