@@ -57,6 +57,7 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["datasets"]["mnist5k"].update(source="torchvision"), "name"),
         (lambda c: c["datasets"]["mnist5k"].update(source="imagefolder"), "root"),
         (lambda c: c.update(device="tpu"), "tpu"),
+        (lambda c: c.update(extractors=[]), r"\[\] should be non-empty"),
     ],
 )
 def test_schema_rejects_bad_values(change, fragment):
