@@ -105,6 +105,8 @@ def _embedded(**settings):
     (lambda c: c["datasets"].update(mnist5k=_embedded(n_train=4995)),
      "datasets.mnist5k: n_test = null (the rest, 5) gives 5 test images; a stratified split of the embedded MNIST "
      "subset's 10 classes needs at least 10 (one per class)"),
+    (lambda c: c["datasets"].update(mnist5k=_embedded(n_test=5001)),
+     "datasets.mnist5k: n_test = 5001, but the embedded MNIST subset has 5000 images"),
     (lambda c: c["datasets"].update(mnist5k=_embedded(n_test=4991)),
      "datasets.mnist5k: n_train = null (all but the 4991 test) gives 9 train images"),
     (lambda c: c["datasets"].update(mnist5k={"source": "torchvision", "name": "CIFAR10", "n_train": 49995}),

@@ -77,8 +77,11 @@ def pooled_split(key: str, class_counts: Mapping[str, int], n_train: int | None,
                  f"n_test = null ({'the rest, ' + str(test) if n_train is not None else 'default ' + str(test)})"),
     }
     sizes = SplitSizes(train, test)
-    if train + test > n:
-        sizes.problems.append(f"{key}: n_train + n_test = {train + test}, but {what} has {n} images")
+    if train + test > n or min(train, test) < 0:
+        given = "n_train + n_test" if n_train is not None and test_given is not None else (
+            "n_train" if n_train is not None else "n_test")
+        value = {"n_train": n_train, "n_test": n_test, "n_train + n_test": train + test}[given]
+        sizes.problems.append(f"{key}: {given} = {value}, but {what} has {n} images")
         return sizes
     for side, value in (("train", train), ("test", test)):
         if value < classes:
