@@ -16,7 +16,6 @@ from embedscope.footprint import baseline_resources, dataset_extent, ingest_reso
 from embedscope.sources import list_imagefolder  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
-check_config(config)
 
 DATASETS = list(config["datasets"])
 EXTRACTORS = list(config["extractors"])
@@ -117,6 +116,11 @@ def torchvision_files(name, root="resources/datasets"):
 def imagefolder_listing(root):
     """The image files of a configured image folder, listed once per Snakemake run (names and sizes, no decoding)."""
     return list_imagefolder(root)
+
+
+# Values a later job would reject stop the run here, before any job; an image folder's listing (made here once,
+# and used again for the ingest rule's inputs) gives its class counts.
+check_config(config, imagefolder_listing)
 
 
 def ingest_inputs(wildcards):

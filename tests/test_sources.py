@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import struct
 import sys
+import zlib
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -384,3 +387,220 @@ def test_a_colour_file_left_out_of_the_store_still_makes_it_rgb(tmp_path):
     store = read_image_store(tmp_path / "s.zarr")
     assert store.images.shape == (3, 8, 6, 3) and store.attrs["channels"] == 3
     assert store.images[:, 0, 0].tolist() == [[50] * 3, [51] * 3, [52] * 3]
+
+
+# ---- untrusted inputs: pickles, IDX headers, links, bit depths, sizes -----------------------------------------
+
+
+class _RunsACommand:
+    """A pickle that calls a function on load: what a hostile "batch" file holds."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("function, refused", [(os.system, "posix.system"), (eval, "__builtin__.eval")])
+def test_cifar10_pickle_that_runs_code_is_refused_unrun(tmp_path, function, refused):
+    folder = write_cifar10_raw(tmp_path, n_train=10, n_test=5)
+    marker = tmp_path / "ran"
+    argument = f"touch {marker}" if function is os.system else f"open({str(marker)!r}, 'w')"
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": _RunsACommand(function, argument), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(SourceError, match=rf"data_batch_2: not a CIFAR-10 pickle batch \(UnpicklingError: refused "
+                                          rf"global {refused}"):
+        read_torchvision("CIFAR10", tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar10_pickles_of_numpy_1_and_2_are_admitted(tmp_path):
+    folder = write_cifar10_raw(tmp_path, n_train=10, n_test=5)
+    expected = read_torchvision("CIFAR10", tmp_path)
+    data = (folder / "test_batch").read_bytes()
+    assert b"numpy._core.multiarray\n_reconstruct" in data  # numpy 2 writes its private module name
+    # the official batches were written by numpy 1, which names numpy.core
+    (folder / "test_batch").write_bytes(data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    images, labels = read_torchvision("CIFAR10", tmp_path)[:2]
+    np.testing.assert_array_equal(images, expected[0])
+    np.testing.assert_array_equal(labels, expected[1])
+
+
+def _idx_header(*dims, type_byte=0x08):
+    return bytes([0, 0, type_byte, len(dims)]) + b"".join(struct.pack(">i", d) for d in dims)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (_idx_header(70000, 1000, 1000), r"header says \(70000, 1000, 1000\) = 70000000000 bytes of data; expected "
+                                     r"non-negative dims of at most 1073741824"),
+    (_idx_header(-1, 28, 28), r"header says \(-1, 28, 28\) = -784 bytes"),
+    (_idx_header(2, 2, 2) + bytes(9), r"header says \(2, 2, 2\) = 8 bytes of data, the file holds more than that"),
+    (_idx_header(2, 2, 2) + bytes(7), r"header says \(2, 2, 2\) = 8 bytes of data, the file holds 7 \(truncated"),
+    (_idx_header(2, 2, 2)[:9], r"IDX header ends after 9 bytes"),
+    (b"PK\x03\x04", r"not an IDX file"),
+])
+def test_idx_header_checked_before_the_body_is_read(tmp_path, data, fragment):
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(data)
+    with pytest.raises(SourceError, match=fragment):
+        read_idx(path, 3)
+    plain = tmp_path / "t10k-images-idx3-ubyte"
+    plain.write_bytes(data)
+    with pytest.raises(SourceError, match=fragment):
+        read_idx(plain, 3)
+
+
+def test_idx_streamed_body_equals_the_file(tmp_path):
+    array = (np.arange(3 * 700 * 800) % 253).astype(np.uint8).reshape(3, 700, 800)  # > 1 MB: several reads
+    _write_idx_by_hand(tmp_path / "x.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "x.gz", 3), array)
+
+
+def _two_classes(root, n=3):
+    for cls, value in (("a", 10), ("b", 200)):
+        for i in range(n):
+            _png(root / cls / f"{i}.png", value + i)
+
+
+def test_links_out_of_the_root_are_refused_by_name_and_never_opened(tmp_path):
+    outside = tmp_path / "elsewhere"
+    _png(outside / "secret.png", 99)
+    _png(outside / "dir" / "0.png", 98)
+    root = tmp_path / "root"
+    _two_classes(root)
+    (root / "a" / "3.png").symlink_to(outside / "secret.png")
+    (root / "c").symlink_to(outside / "dir", target_is_directory=True)
+    opens = _FileOpens(outside)
+    opens.active = True
+    try:
+        for read in (list_imagefolder, read_imagefolder):
+            with pytest.raises(SourceError, match=(
+                    rf"(?s)2 symbolic link\(s\) under {root} resolve outside it \(refused, never followed.*\n"
+                    rf"  {root}/a/3.png -> {outside}/secret.png\n  {root}/c -> {outside}/dir$")):
+                read(root)
+            with pytest.raises(SourceError, match=rf"^2 symbolic link\(s\) under {root}"):
+                ingest_dataset({"source": "imagefolder", "root": str(root), "seed": 0, "n_test": 2},
+                               tmp_path / "s.zarr", dataset="f")
+    finally:
+        opens.active = False
+    assert opens.counts == Counter() and not (tmp_path / "s.zarr").exists()
+
+
+def test_links_inside_the_root_are_followed(tmp_path):
+    root = tmp_path / "root"
+    _two_classes(root)
+    (root / "b" / "again.png").symlink_to(root / "a" / "0.png")
+    (root / "shared").mkdir()
+    _png(root / "shared" / "x.png", 50)
+    (root / "a" / "x.png").symlink_to(Path("..") / "shared" / "x.png")
+    images, labels, _, names, _ = read_imagefolder(root)
+    assert names == ["a", "b", "shared"]
+    assert images[:, 0, 0, 0].tolist() == [10, 11, 12, 50, 200, 201, 202, 10, 50]
+
+
+def test_a_file_swapped_for_an_outside_link_after_the_listing_is_not_read(tmp_path):
+    _png(tmp_path / "elsewhere.png", 99)
+    root = tmp_path / "root"
+    _two_classes(root)
+    folder = ImageFolder(root)  # lists
+    (root / "a" / "1.png").unlink()
+    (root / "a" / "1.png").symlink_to(tmp_path / "elsewhere.png")
+
+    def plan(labels, split):
+        return np.arange(len(labels)), lambda shape: ImageStoreWriter(tmp_path / "s.zarr", labels, np.zeros(6),
+                                                                      ["a", "b"], shape)
+
+    with pytest.raises(SourceError, match=rf"1 unreadable image.*\n  {root}/a/1.png \(resolves outside the image "
+                                          rf"folder's root, to {tmp_path}/elsewhere.png \(not read\)\)"):
+        folder.decode(plan)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_sixteen_bit_depth_comes_from_the_mode_not_the_values(tmp_path):
+    # a dark and a bright 16-bit image: both on the 0..65535 scale, whatever their largest value
+    for cls, values in (("dark", [0, 200, 257]), ("bright", [25700, 65535, 1000])):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.array([values] * 2, np.uint16)).save(tmp_path / cls / "0.png")
+    assert Image.open(tmp_path / "dark" / "0.png").mode == "I;16"
+    images, labels, _, names, attrs = read_imagefolder(tmp_path)
+    assert names == ["bright", "dark"] and attrs["channels"] == 1
+    assert images[0, 0, :, 0].tolist() == [100, 255, 4] and images[1, 0, :, 0].tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("mode, array", [("I", np.full((2, 3), 70000, np.int32)),
+                                         ("F", np.full((2, 3), 0.5, np.float32))])
+def test_thirty_two_bit_images_are_refused(tmp_path, mode, array):
+    _png(tmp_path / "a" / "0.png", 1, size=(2, 3))
+    (tmp_path / "b").mkdir()
+    Image.fromarray(array, mode).save(tmp_path / "b" / "wide.png", format="TIFF")  # PIL reads by content
+    with pytest.raises(SourceError, match=rf"b/wide.png \(ValueError: mode {mode} \(32-bit .*\) has no fixed range"):
+        read_imagefolder(tmp_path)
+
+
+def _png_claiming(width, height) -> bytes:
+    """A 1x1 PNG whose header (IHDR) claims width x height: what a decompression bomb's header looks like."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_an_image_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
+    _two_classes(tmp_path)
+    (tmp_path / "b" / "bomb.png").write_bytes(_png_claiming(8500, 8500))
+    with pytest.raises(SourceError, match=r"b/bomb.png \(ValueError: 8500x8500 = 72250000 pixels; at most 67108864 "
+                                          r"per image \(embedscope.sources.MAX_IMAGE_PIXELS\)\)"):
+        read_imagefolder(tmp_path)
+    assert len(read_imagefolder(tmp_path, on_bad_image="skip")[0]) == 6
+
+
+def test_other_files_are_counted_reported_and_listed_when_nothing_else_is_left(tmp_path, caplog):
+    _two_classes(tmp_path / "root")
+    root = tmp_path / "root"
+    (root / "a" / "scan.tif").write_bytes(b"x")
+    (root / "a" / "sub").mkdir()
+    (root / "README.md").write_text("about")
+    (root / "a" / ".DS_Store").write_bytes(b"x")  # hidden: not counted
+    listing = list_imagefolder(root)
+    assert listing.ignored == ["README.md", "a/scan.tif", "a/sub/"]
+    with caplog.at_level("INFO"):
+        store = _ingest(root, tmp_path / "s.zarr", n_test=2)
+    assert store.attrs["ignored_files"] == 3 and store.attrs["ignored_paths"] == ["README.md", "a/scan.tif", "a/sub/"]
+    assert "dataset folder: 3 file(s) under" in caplog.text and "README.md, a/scan.tif, a/sub/" in caplog.text
+    (root / "c").mkdir()
+    (root / "c" / "photo.webp").write_bytes(b"x")
+    (root / "c" / "photo.bmp").write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"1 empty class folder\(s\) \(no .png/.jpg/.jpeg files\):\n  .*/c \(it "
+                                          r"holds only photo.bmp, photo.webp\)"):
+        list_imagefolder(root)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.tif", "b.gif"):
+        (flat / name).write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"flat holds no class folders \(it holds only other files: a.tif, b.gif\)"):
+        list_imagefolder(flat)
+
+
+def test_a_single_class_folder_stops_at_ingest(tmp_path):
+    for i in range(4):
+        _png(tmp_path / "only" / "cats" / f"{i}.png", i)
+    with pytest.raises(SourceError, match=rf"datasets.folder.root: {tmp_path}/only holds a single class folder, "
+                                          r"'cats'; .* needs at least 2 class folders"):
+        _ingest(tmp_path / "only", tmp_path / "s.zarr", n_test=2)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_split_sizes_are_checked_against_the_files_read(tmp_path):
+    _two_classes(tmp_path / "root", n=4)
+    with pytest.raises(SourceError, match=r"datasets.folder: n_train = 1 gives 1 train images.*\n.*n_test = 1 gives 1 "
+                                          r"test images; a stratified split of image folder .*'s 2 classes needs at "
+                                          r"least 2"):
+        _ingest(tmp_path / "root", tmp_path / "s.zarr", n_train=1, n_test=1)
+    (tmp_path / "root" / "b" / "1.png").write_bytes(b"broken")  # skipped: 7 readable images left
+    with pytest.raises(ValueError, match=r"datasets.folder: n_train \+ n_test = 8, but the source has 7 images"):
+        _ingest(tmp_path / "root", tmp_path / "s.zarr", n_train=6, n_test=2, on_bad_image="skip")
+    assert not (tmp_path / "s.zarr").exists()

@@ -144,7 +144,8 @@ def test_imagefolder_pngs_to_classifier_table(tmp_path):
                                 "n_train": 45, "n_test": 15, "seed": 0}},
         "extractors": ["scattering"],
         "device": "cpu",
-        "metrics": {"random_forest_trees": 5, "knn_k": 5},
+        # 15 test points: trustworthiness needs k < 15 / 2 (checked at workflow start even for these targets)
+        "metrics": {"random_forest_trees": 5, "knn_k": 5, "trustworthiness_k": 7},
     })
     targets = ["results/metrics/shapes/classifiers.csv", "results/figures/shapes/class_means.png"]
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *targets, env=ENV)  # targets after a one-value option
@@ -197,7 +198,7 @@ def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
                                 "seed": 0}},
         "extractors": ["scattering"],
         "device": "cpu",
-        "metrics": {"random_forest_trees": 5, "knn_k": 3},
+        "metrics": {"random_forest_trees": 5, "knn_k": 3, "trustworthiness_k": 4},  # 9 test points
     })
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
     assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36

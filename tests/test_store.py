@@ -1,5 +1,6 @@
 """Image and feature stores: round trips, atomic writes, refusal of incomplete stores."""
 
+import os
 import subprocess
 import sys
 
@@ -133,3 +134,47 @@ def test_image_chunks_stream_one_split(tmp_path):
     assert [len(x) for x, _ in chunks] == [328, 197]  # test rows of chunk 0 (rows 0..1309) and chunk 1
     np.testing.assert_array_equal(np.concatenate([x for x, _ in chunks]), images[split == 1])
     np.testing.assert_array_equal(np.concatenate([y for _, y in chunks]), labels[split == 1])
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import numpy as np
+from embedscope.artifacts import atomic_write
+from embedscope.store import ImageStoreWriter
+
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "store":
+    with ImageStoreWriter(path, np.zeros(4), np.zeros(4), ["a"], (2, 2, 1)) as writer:
+        writer.put(0, np.zeros((2, 2, 1), np.uint8))
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or `kill -9` does: no clean-up runs
+else:
+    with atomic_write(path, suffix=".png") as tmp:
+        tmp.write_bytes(b"half a figure")
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_mid_write(kind, path) -> int:
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_WRITE, kind, str(path)])
+    assert child.wait(timeout=120) == -9
+    return child.pid
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    from embedscope.artifacts import write_text
+
+    store = tmp_path / "s.zarr"
+    dead = _killed_mid_write("store", store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".s.zarr.tmp-{dead}"]
+    # a temporary of a live process (this test's parent) is another writer's: left alone
+    live = tmp_path / f".s.zarr.tmp-{os.getppid()}"
+    live.mkdir()
+    write_image_store(store, *toy_images(4), ["a", "b", "c"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "s.zarr"]
+    assert read_image_store(store).images.shape == (4, 8, 8, 1)
+
+    figure = tmp_path / "fig.png"
+    dead = _killed_mid_write("artifact", figure)
+    assert (tmp_path / f".fig.png.tmp-{dead}.png").read_bytes() == b"half a figure"
+    write_text(figure, "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "fig.png", "s.zarr"]

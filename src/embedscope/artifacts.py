@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedscope.temporaries import remove_stale
+
 
 class ArtifactError(ValueError):
     """A file that a stage hands on is missing, malformed or inconsistent with its format."""
@@ -55,9 +57,11 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     ``suffix`` keeps a file extension on the temporary name for writers that choose the format by it
     (matplotlib, ``torch.save``). On any exception the temporary file is removed and ``path`` is untouched.
+    Temporaries of ``path`` left by a process that died (SIGKILL, out of memory) are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = temporary_sibling(path, suffix)
     try:
         yield tmp

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedscope.sources import MNIST_CLASSES
+from embedscope.configcheck import default_test_size, imagefolder_sizes, pooled_split, subsample
+from embedscope.sources import MNIST_CLASSES, SourceError
 from embedscope.store import SPLIT_CODES, ImageStoreWriter, write_image_store
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_DEFAULT_TEST = 2000
 
 
 def stratified_split(labels: np.ndarray, n_train: int | None, n_test: int | None, seed: int):
@@ -78,24 +77,38 @@ def _read_source(settings: Mapping[str, Any], resources: Path):
     raise ValueError(f"datasets.<id>.source is {source!r}; expected embedded, torchvision or imagefolder")
 
 
-def assign_split(labels, split, settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Positions to keep and their split codes, honouring n_train/n_test and the source's own split."""
+def assign_split(labels, split, settings: Mapping[str, Any], key: str = "datasets.<id>",
+                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions to keep and their split codes, honouring n_train/n_test and the source's own split.
+
+    The sizes are checked first against the images actually read (the same rules as the config check at
+    workflow start, embedscope.configcheck), so an impossible split is a ValueError naming ``key`` and the sizes
+    allowed, not scikit-learn's."""
+    labels = np.asarray(labels)
     seed = int(settings.get("seed", 0))
     n_train, n_test = settings.get("n_train"), settings.get("n_test")
+    names = list(class_names) if class_names is not None else [str(c) for c in range(int(labels.max(initial=-1)) + 1)]
+
+    def counts(positions):
+        found = np.bincount(labels[positions], minlength=len(names))
+        return {names[c]: int(n) for c, n in enumerate(found) if n}
+
+    what = "the source"
     if split is None:
-        if n_train is None and n_test is None:
-            n_test = EMBEDDED_DEFAULT_TEST if settings["source"] == "embedded" else max(1, len(labels) // 5)
-        if n_train is not None and n_test is not None and n_train + n_test > len(labels):
-            raise ValueError(
-                f"datasets.<id>: n_train + n_test = {n_train + n_test} exceeds the {len(labels)} images available"
-            )
-        train, test = stratified_split(labels, n_train, n_test, seed)
+        sizes = pooled_split(key, counts(np.arange(len(labels))), n_train, n_test,
+                             default_test_size(settings["source"], len(labels)), what)
+        if sizes.problems:
+            raise ValueError("\n".join(sizes.problems))
+        train, test = stratified_split(labels, sizes.n_train, sizes.n_test, seed)
     else:
         train_all = np.flatnonzero(split == SPLIT_CODES["train"])
         test_all = np.flatnonzero(split == SPLIT_CODES["test"])
-        for key, wanted, have in (("n_train", n_train, train_all), ("n_test", n_test, test_all)):
-            if wanted is not None and wanted > len(have):
-                raise ValueError(f"datasets.<id>.{key} = {wanted} but the source has only {len(have)} such images")
+        problems = []
+        for side, wanted, have in (("train", n_train, train_all), ("test", n_test, test_all)):
+            present = counts(have)
+            problems += subsample(key, side, len(have), len(present), wanted, what, present)[1]
+        if problems:
+            raise ValueError("\n".join(problems))
         train = train_all[stratified_subsample(labels[train_all], n_train, seed)]
         test = test_all[stratified_subsample(labels[test_all], n_test, seed)]
     keep = np.concatenate([train, test])
@@ -110,12 +123,21 @@ def _ingest_imagefolder(settings: Mapping[str, Any], out_path, attrs: Mapping[st
     are decoded on ``threads`` threads straight into the store's preallocated images array. Files arrive in
     listing order and the store holds the train rows then the test rows, each in listing order, so at most a
     chunk of each is being gathered at any time."""
-    from embedscope.sources import ImageFolder
+    from embedscope.sources import IMAGE_SUFFIXES, ImageFolder
 
     folder = ImageFolder(settings["root"], settings.get("image_size"), settings.get("on_bad_image", "error"))
+    listing, key = folder.listing, f"datasets.{attrs['dataset'] or '<id>'}"
+    # what the workflow checked at DAG time, again on the folder as it is now, before any file is decoded
+    problems = imagefolder_sizes(key, settings, listing).problems
+    if problems:
+        raise SourceError("\n".join(problems))
+    if listing.ignored:
+        shown = ", ".join(listing.ignored[:10]) + (" ..." if len(listing.ignored) > 10 else "")
+        log.warning("dataset %s: %d file(s) under %s are not %s images in the layout and were not read: %s",
+                    attrs["dataset"], len(listing.ignored), settings["root"], "/".join(IMAGE_SUFFIXES), shown)
 
     def plan(labels, split):
-        keep, codes = assign_split(labels, split, settings)
+        keep, codes = assign_split(labels, split, settings, key, listing.class_names)
         log.info("dataset %s: %d train + %d test of %d images from imagefolder %s, %d thread(s)", attrs["dataset"],
                  int((codes == 0).sum()), int((codes == 1).sum()), len(labels), settings["root"], threads)
         class_names = folder.listing.class_names
@@ -135,7 +157,7 @@ def ingest_dataset(settings: Mapping[str, Any], out_path: str | Path, resources:
         _ingest_imagefolder(settings, out_path, attrs, threads)
         return
     images, labels, split, class_names, source_attrs = _read_source(settings, Path(resources))
-    keep, codes = assign_split(labels, split, settings)
+    keep, codes = assign_split(labels, split, settings, f"datasets.{dataset or '<id>'}", class_names)
     log.info("dataset %s: %d train + %d test images of shape %s from %s", dataset,
              int((codes == 0).sum()), int((codes == 1).sum()), images.shape[1:], settings["source"])
     write_image_store(out_path, images, labels[keep], codes, class_names, {**source_attrs, **attrs}, rows=keep)

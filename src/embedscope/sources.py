@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -26,8 +27,9 @@ import numpy as np
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_GRAY_MODES = {"1", "L", "LA"}
 _MAX_LISTED = 20
+MAX_IGNORED_ATTRS = 1000  # ignored paths kept in a store's attributes (all of them are counted)
 
 
 class SourceError(ValueError):
@@ -60,31 +62,61 @@ _MNIST_FILES = {
 }
 
 
+MAX_IDX_BYTES = 1 << 30  # the official MNIST train images are 47 MB; a header asking for more is not MNIST
+_IDX_CHUNK = 1 << 20
+
+
+def _read_exactly(fh, n: int) -> bytes:
+    data = fh.read(n)
+    return data if data is not None else b""
+
+
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     """Read one IDX file (optionally .gz): magic 0x0000 + type byte 0x08 (ubyte) + ndim byte, big-endian
-    int32 dims, then the data."""
+    int32 dims, then the data.
+
+    The header is checked before any of the body is read, and the body is streamed (from the gzip stream, never
+    decompressed whole) into an array of exactly the size the dims give, after that size was bounded by
+    :data:`MAX_IDX_BYTES`; a body shorter or longer than the dims say is an error naming the file."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            data = fh.read()
+            head = _read_exactly(fh, 4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise SourceError(f"{path}: not an IDX file (expected magic bytes 00 00 <type> <ndim>)")
+            if head[2] != 0x08 or head[3] != ndim:
+                raise SourceError(
+                    f"{path}: IDX type 0x{head[2]:02x} with {head[3]} dims; expected unsigned bytes (0x08) with "
+                    f"{ndim} dims"
+                )
+            raw_dims = _read_exactly(fh, 4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise SourceError(f"{path}: IDX header ends after {4 + len(raw_dims)} bytes (truncated or corrupt)")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">i4"))
+            expected = math.prod(dims)
+            if min(dims) < 0 or expected > MAX_IDX_BYTES:
+                raise SourceError(
+                    f"{path}: header says {dims} = {expected} bytes of data; expected non-negative dims of at most "
+                    f"{MAX_IDX_BYTES} bytes in all (corrupt or not an MNIST file)"
+                )
+            body = np.empty(expected, np.uint8)
+            view = memoryview(body)
+            filled = 0
+            while filled < expected:
+                got = fh.readinto(view[filled : filled + _IDX_CHUNK])
+                if not got:
+                    break
+                filled += got
+            extra = bool(_read_exactly(fh, 1))  # one byte past the body is enough to know it is too long
     except (OSError, EOFError) as exc:
         raise SourceError(f"{path}: cannot read ({exc}); expected an IDX file (gzip-compressed if .gz)") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise SourceError(f"{path}: not an IDX file (expected magic bytes 00 00 <type> <ndim>)")
-    if data[2] != 0x08 or data[3] != ndim:
+    if filled != expected or extra:
+        holds = "more than that" if extra else str(filled)
         raise SourceError(
-            f"{path}: IDX type 0x{data[2]:02x} with {data[3]} dims; expected unsigned bytes (0x08) with {ndim} dims"
+            f"{path}: header says {dims} = {expected} bytes of data, the file holds {holds} (truncated or corrupt)"
         )
-    header = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
-    if len(data) - header != expected:
-        raise SourceError(
-            f"{path}: header says {dims} = {expected} bytes of data, the file holds {len(data) - header}"
-            " (truncated or corrupt)"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    return body.reshape(dims)
 
 
 def _mnist_file(raw: Path, stem: str) -> Path:
@@ -127,10 +159,35 @@ _CIFAR_TEST = ["test_batch"]
 _CIFAR_META = "batches.meta"
 
 
+# Everything a CIFAR-10 batch pickle refers to by name: the containers and scalars of its dict, numpy's array and
+# scalar reconstruction (from a dtype and raw bytes; numpy 1 pickles name numpy.core, numpy 2 ones numpy._core; a
+# label list written from numpy holds numpy scalars), and _codecs.encode, which a Python 3 pickle of protocol 2
+# uses for bytes. Any other global (os.system, builtins.eval, ...) could run code while loading, so it is refused
+# before it is even imported.
+_CIFAR_GLOBALS = frozenset(
+    {(module, name) for module in ("builtins", "__builtin__") for name in ("dict", "list", "bytes", "str", "int")}
+    | {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name in ("_reconstruct", "scalar")}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of :data:`_CIFAR_GLOBALS`."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR-10 batch holds only dicts, lists, bytes, str, int and "
+                "numpy arrays"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(data: bytes, where: str) -> dict:
     # The official batches are Python 2 pickles; encoding="bytes" keeps their keys as b"data", b"labels", ...
     try:
-        obj = pickle.loads(data, encoding="bytes")
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:
         raise SourceError(f"{where}: not a CIFAR-10 pickle batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
@@ -152,6 +209,14 @@ def _cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
+MAX_CIFAR_BATCH_BYTES = 256 << 20  # an official batch is 31 MB (10,000 rows of 3,072 bytes, labels, names)
+
+
+def _check_batch_size(size: int, where: str) -> None:
+    if size > MAX_CIFAR_BATCH_BYTES:
+        raise SourceError(f"{where}: {size} bytes; a CIFAR-10 batch file holds at most {MAX_CIFAR_BATCH_BYTES}")
+
+
 def _read_cifar10(root: Path):
     archive = root / "cifar-10-python.tar.gz"
     folder = root / _CIFAR_DIR
@@ -163,12 +228,13 @@ def _read_cifar10(root: Path):
             with tarfile.open(archive, "r:gz") as tar:
                 for name in names:
                     try:
-                        member = tar.extractfile(f"{_CIFAR_DIR}/{name}")
+                        info = tar.getmember(f"{_CIFAR_DIR}/{name}")
                     except KeyError:
-                        member = None
-                    if member is None:
-                        raise SourceError(f"{archive}: member {_CIFAR_DIR}/{name} not found")
-                    contents[name] = member.read()
+                        info = None
+                    if info is None or not info.isfile():
+                        raise SourceError(f"{archive}: member {_CIFAR_DIR}/{name} not found (as a regular file)")
+                    _check_batch_size(info.size, f"{archive}:{_CIFAR_DIR}/{name}")
+                    contents[name] = tar.extractfile(info).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise SourceError(f"{archive}: cannot read the archive ({exc})") from exc
         where = {name: f"{archive}:{_CIFAR_DIR}/{name}" for name in names}
@@ -177,6 +243,8 @@ def _read_cifar10(root: Path):
         missing = [str(folder / n) for n in names if not (folder / n).is_file()]
         if missing:
             raise SourceError("CIFAR-10 batch files not found:\n" + _listing(missing))
+        for name in names:
+            _check_batch_size((folder / name).stat().st_size, str(folder / name))
         contents = {name: (folder / name).read_bytes() for name in names}
         where = {name: str(folder / name) for name in names}
         used = [folder / n for n in names]
@@ -250,6 +318,7 @@ class ImageFolderListing:
     layout: str  # "classes" (root/{class}/*) or "train_test" (root/{train,test}/{class}/*)
     class_names: list[str]
     entries: list[FolderEntry]
+    ignored: list[str] = field(default_factory=list)  # relative paths of files (and folders/) not in the layout
 
     def paths(self) -> list[str]:
         root = str(self.root)
@@ -263,47 +332,88 @@ class ImageFolderListing:
         return digest.hexdigest()[:16]
 
 
-def _scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """(sorted visible subfolder names, sorted (name, size) of visible image files) of one folder."""
-    dirs, files = [], []
+@dataclass
+class _Scan:
+    """What one folder of an image folder holds (hidden entries left out)."""
+
+    dirs: list[str]  # sorted subfolder names
+    files: list[tuple[str, int]]  # sorted (name, size) of image files
+    other: list[str]  # sorted names of files (or links) that are neither an image file nor a folder
+    outside: list[tuple[str, str]]  # (name, target) of symbolic links that resolve outside the root
+
+
+def _within(real_root: str, path: str) -> tuple[bool, str]:
+    """(whether ``path`` resolves inside ``real_root``, what it resolves to)."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(os.path.join(real_root, "")), real
+
+
+def _scan_folder(folder: Path, real_root: str) -> _Scan:
+    scan = _Scan([], [], [], [])
     with os.scandir(folder) as found:
         for item in found:
             if item.name.startswith("."):
                 continue
+            if item.is_symlink():
+                inside, target = _within(real_root, item.path)
+                if not inside:
+                    scan.outside.append((item.name, target))  # never followed: not listed, decoded or hashed
+                    continue
             if item.is_dir():
-                dirs.append(item.name)
+                scan.dirs.append(item.name)
             elif item.is_file() and os.path.splitext(item.name)[1].lower() in IMAGE_SUFFIXES:
-                files.append((item.name, item.stat().st_size))
-    return sorted(dirs), sorted(files)
+                scan.files.append((item.name, item.stat().st_size))
+            else:
+                scan.other.append(item.name)
+    scan.dirs.sort()
+    scan.files.sort()
+    scan.other.sort()
+    scan.outside.sort()
+    return scan
 
 
-def _folder_parts(root: Path) -> tuple[str, list[tuple[str | None, Path]]]:
-    names = set(_scan_folder(root)[0])
+def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
+    """List ``root/{class}/*.png|jpg`` or ``root/{train,test}/{class}/*``: class names are the sorted folder
+    names; hidden files and folders are left out, and every other file or folder that is not part of the layout
+    (another suffix, a folder inside a class folder, a file beside the class folders) is recorded in
+    ``ignored``. Raises SourceError on a bad layout, and on a symbolic link anywhere in the layout that resolves
+    outside the root (such links are never followed)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"imagefolder root {root} is not a folder; expected {root}/<class>/*.png|jpg")
+    real_root = os.path.realpath(root)
+    outside, ignored = [], []
+
+    def scan(folder: Path, prefix: str) -> _Scan:
+        found = _scan_folder(folder, real_root)
+        outside.extend((prefix + name, target) for name, target in found.outside)
+        return found
+
+    top = scan(root, "")
+    names = set(top.dirs)
     if "train" not in names and "test" not in names:
-        return "classes", [(None, root)]
-    if not {"train", "test"} <= names:
+        layout, parts = "classes", [(None, root)]
+    elif not {"train", "test"} <= names:
         present, absent = ("train", "test") if "train" in names else ("test", "train")
         raise SourceError(
             f"{root} has {present}/ but no {absent}/: expected both {root}/train/<class>/ and "
             f"{root}/test/<class>/, or only class folders {root}/<class>/"
         )
-    return "train_test", [("train", root / "train"), ("test", root / "test")]
-
-
-def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
-    """List ``root/{class}/*.png|jpg`` or ``root/{train,test}/{class}/*``: class names are the sorted folder
-    names; hidden files and folders and other suffixes are ignored. Raises SourceError on a bad layout."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SourceError(f"imagefolder root {root} is not a folder; expected {root}/<class>/*.png|jpg")
-    layout, parts = _folder_parts(root)
+    else:
+        layout, parts = "train_test", [("train", root / "train"), ("test", root / "test")]
+        ignored += [f"{d}/" for d in top.dirs if d not in ("train", "test")] + [f for f, _ in top.files] + top.other
     class_sets = {}
     for part, folder in parts:
-        class_dirs, loose = _scan_folder(folder)
-        if not class_dirs:
-            hint = f" ({len(loose)} images lie directly in it)" if loose else ""
+        found = top if part is None else scan(folder, f"{part}/")
+        prefix = "" if part is None else f"{part}/"
+        ignored += [prefix + f for f, _ in found.files] + [prefix + f for f in found.other]
+        if not found.dirs:
+            hint = f" ({len(found.files)} images lie directly in it)" if found.files else ""
+            if found.other:
+                hint += f" (it holds only other files: {_few(found.other)})"
+            _refuse_outside(root, outside)
             raise SourceError(f"{folder} holds no class folders{hint}; expected {folder}/<class>/*.png|jpg")
-        class_sets[part] = class_dirs
+        class_sets[part] = found.dirs
     if layout == "train_test" and class_sets["train"] != class_sets["test"]:
         only_train = sorted(set(class_sets["train"]) - set(class_sets["test"]))
         only_test = sorted(set(class_sets["test"]) - set(class_sets["train"]))
@@ -315,16 +425,33 @@ def list_imagefolder(root: str | os.PathLike) -> ImageFolderListing:
     entries, empty = [], []
     for code, (part, folder) in enumerate(parts):
         for label, name in enumerate(class_names):
-            files = _scan_folder(folder / name)[1]
-            if not files:
-                empty.append(folder / name)
             prefix = f"{part}/{name}/" if part else f"{name}/"
-            entries += [FolderEntry(code if part else None, label, prefix + f, size, root) for f, size in files]
+            found = scan(folder / name, prefix)
+            others = [d + "/" for d in found.dirs] + found.other
+            ignored += [prefix + o for o in others]
+            if not found.files:
+                held = f" (it holds only {_few(others)})" if others else ""
+                empty.append(f"{folder / name}{held}")
+            entries += [FolderEntry(code if part else None, label, prefix + f, size, root) for f, size in found.files]
+    _refuse_outside(root, outside)
     if empty:
         raise SourceError(
             f"{len(empty)} empty class folder(s) (no {'/'.join(IMAGE_SUFFIXES)} files):\n" + _listing(empty)
         )
-    return ImageFolderListing(root, layout, class_names, entries)
+    return ImageFolderListing(root, layout, class_names, entries, sorted(ignored))
+
+
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _refuse_outside(root: Path, outside: list[tuple[str, str]]) -> None:
+    if outside:
+        raise SourceError(
+            f"{len(outside)} symbolic link(s) under {root} resolve outside it (refused, never followed: an image "
+            f"folder is read only inside its root; copy the files in instead):\n"
+            + _listing([f"{root / name} -> {target}" for name, target in sorted(outside)])
+        )
 
 
 class _FileBytes(io.BytesIO):
@@ -338,24 +465,36 @@ class _FileBytes(io.BytesIO):
         return repr(str(self.path))
 
 
+# Pixels one image may have, checked from its header before it is decoded: 8192 x 8192, a quarter of PIL's own
+# warning threshold (Image.MAX_IMAGE_PIXELS), so that a decompression bomb stops with a message naming the file.
+MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_FILE_BYTES = 1 << 30  # no PNG or JPEG of at most MAX_IMAGE_PIXELS pixels needs more; checked before reading
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
 def _decode_image(data: bytes, path: Path, image_size):
-    """(array uint8 (H,W) for grayscale or (H,W,3) for colour, original (H,W)); raises on an unreadable file."""
+    """(array uint8 (H,W) for grayscale or (H,W,3) for colour, original (H,W)); raises on an unreadable file.
+
+    The bit depth comes from the PIL mode, never from the pixel values: 16-bit grayscale (``I;16*``, a 16-bit
+    PNG) is divided by 257 (65535 -> 255), the same for every file of that mode; 1-bit and 8-bit modes are
+    converted by PIL; 32-bit integer (``I``) and float (``F``) images have no fixed range and are refused."""
     from PIL import Image, ImageOps
 
     with Image.open(_FileBytes(data, path)) as img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} = {img.width * img.height} pixels; at most "
+                             f"{MAX_IMAGE_PIXELS} per image (embedscope.sources.MAX_IMAGE_PIXELS)")
+        if img.mode in ("I", "F"):
+            raise ValueError(f"mode {img.mode} (32-bit {'integer' if img.mode == 'I' else 'float'}) has no fixed "
+                             "range; expected 1-, 8- or 16-bit grayscale or 8-bit colour")
         img.load()
         img = ImageOps.exif_transpose(img)
         original = (img.height, img.width)
-        mode = img.mode
-        if mode in _GRAY_MODES:
-            if mode.startswith("I"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
-                img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-            elif mode == "F":
-                img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), mode="L")
-            else:
-                img = img.convert("L")
+        if img.mode in _SIXTEEN_BIT_MODES:
+            arr = np.asarray(img, dtype=np.float64) / 257.0
+            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        elif img.mode in _GRAY_MODES:
+            img = img.convert("L")
         else:
             img = img.convert("RGB")
         if image_size is not None:
@@ -365,10 +504,17 @@ def _decode_image(data: bytes, path: Path, image_size):
         return np.asarray(img, dtype=np.uint8).copy(), original
 
 
-def _read_image(path: Path, image_size):
+def _read_image(path: Path, image_size, real_root: str):
     """(file bytes or None, image or None, original size or None, why it failed or None): one read per file,
-    the bytes both decoded and (by the caller) hashed."""
+    the bytes both decoded and (by the caller) hashed. A file that resolves outside the root now (a link
+    swapped in since the listing) or is larger than MAX_FILE_BYTES is not read."""
+    inside, target = _within(real_root, str(path))
+    if not inside:
+        return None, None, None, f"resolves outside the image folder's root, to {target} (not read)"
     try:
+        size = os.stat(path).st_size
+        if size > MAX_FILE_BYTES:
+            return None, None, None, f"{size} bytes; at most {MAX_FILE_BYTES} per image file (not read)"
         data = path.read_bytes()
     except OSError as exc:
         return None, None, None, f"{type(exc).__name__}: {exc}"
@@ -445,7 +591,8 @@ class ImageFolder:
         scan = FolderScan(checksum="")
         digest = hashlib.sha256()
         sink = None
-        read = _in_order(lambda i: _read_image(entries[i].path, self.image_size), order, threads)
+        real_root = os.path.realpath(self.listing.root)
+        read = _in_order(lambda i: _read_image(entries[i].path, self.image_size, real_root), order, threads)
         for i, (data, image, original, why) in zip(order, read, strict=True):
             digest.update(entries[i].relpath.encode() + b"\0")
             digest.update(data or b"")
@@ -503,6 +650,9 @@ class ImageFolder:
             "n_files": len(self.listing.entries),
             "skipped_images": len(scan.bad),
             "skipped_files": [self.listing.entries[i].relpath for i in sorted(scan.bad)],
+            # files (and folders/) beside the images that were not read: another suffix, not in the layout
+            "ignored_files": len(self.listing.ignored),
+            "ignored_paths": self.listing.ignored[:MAX_IGNORED_ATTRS],
             "input_sha256": scan.checksum,
         }
 

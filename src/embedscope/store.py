@@ -22,6 +22,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from embedscope.temporaries import remove_stale
+
 SPLIT_NAMES = ("train", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
 CHUNK_BYTES = 2 * 1024 * 1024  # ~2 MB chunks: small enough to stream, large enough to compress well
@@ -98,10 +100,12 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; rename it into place only if the block succeeds.
 
     On any exception the temporary directory is removed and ``final`` is left untouched, so no
-    half-written store is ever visible under its real name.
+    half-written store is ever visible under its real name. Temporaries of ``final`` left by a process that
+    died (SIGKILL, out of memory) are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
