@@ -317,13 +317,17 @@ def verify_inputs(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
 def config_downloads(config: Mapping, resources: str = "resources") -> list[str]:
     """Every downloaded input a (validated) config needs: the staged files of its torchvision datasets
     (those without their own ``root``, which hold the user's files, not ours) and the ResNet-18 weights file
-    (``resnet18.weights``: imagenet -> resources/weights/resnet18-f37072fd.pth, a path -> that path) when a
-    ResNet-18 extractor is configured. The inputs of the `download` target."""
+    (``resnet18.weights``: imagenet -> torchvision's IMAGENET1K_V1 file under resources/weights/, a path -> that
+    path) when a ResNet-18 extractor is configured. The inputs of the `download` target."""
     inputs = []
     for settings in config["datasets"].values():
         if settings["source"] == "torchvision" and not settings.get("root"):
             inputs += staged_paths(settings["name"], dataset_root(settings, resources))
     weights = config["resnet18"]["weights"]
     if weights != "random" and any(e.startswith("resnet18") for e in config["extractors"]):
-        inputs.append(f"{resources}/weights/resnet18-f37072fd.pth" if weights == "imagenet" else weights)
+        if weights == "imagenet":  # naming torchvision's file imports torch: only configs that need it pay
+            from embedscope.resnet import imagenet_weights_path
+
+            weights = str(imagenet_weights_path(resources))
+        inputs.append(weights)
     return list(dict.fromkeys(inputs))
