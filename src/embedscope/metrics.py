@@ -1,4 +1,4 @@
-"""Tables that test the report's claims, and their summary figures.
+"""Tables that test the report's claims.
 
 * Classifier table (``classifiers.csv``/``.md``): raw pixels and every (extractor, layer) feature set, fitted on
   the train split and scored on the test split with standardised logistic regression, a random forest and
@@ -6,7 +6,8 @@
 * Embedding-quality table (``embedding_quality.csv``/``.md``) per (extractor, layer): t-SNE trustworthiness,
   leave-one-out kNN accuracy in the 2-D map, silhouettes in feature space and in 2-D, nearest-class-centre
   accuracy, and the within-class variability collapse NC1 of Papyan et al. (2020).
-Both tables are read and written through :mod:`embedscope.artifacts`; their summary figures are drawn by
+
+Every input and both tables are read and written through :mod:`embedscope.artifacts`; their summary figures are drawn by
 :func:`embedscope.figures.plot_metrics`.
 """
 
