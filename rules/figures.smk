@@ -1,28 +1,27 @@
-# Figures (issue 5): every figure of the report, one target each, under results/figures/{dataset}/.
-# t-SNE maps (Figs. 2-6, 15-17), thumbnail maps (3.1-6.1), all layers side by side, activation maps of one test
-# image (7-14) and the fine-tuning plots (loss, one-cycle lr, top losses, confusion matrix).
+# Figures: every figure of the report, one target each, under FIGURES. t-SNE maps (Figs. 2-6, 15-17),
+# thumbnail maps (3.1-6.1), all layers side by side, activation maps of one test image (7-14) and the
+# fine-tuning plots (loss, one-cycle lr, top losses, confusion matrix).
 
-FIG = "results/figures/{dataset}"
-FIG_LOG = "results/logs/figures/{dataset}"
+FIGURE_LOGS = f"{LOGS}/figures/{{dataset}}"
 
 
-TSNE = "results/tsne/{dataset}/{extractor}/{layer}"
 rule plot_tsne:
     input:
-        csv=f"{TSNE}.csv",
-        meta=f"{TSNE}.json",
+        csv=TSNE_CSV,
+        meta=TSNE_META,
     output:
-        report(
-            f"{FIG}/tsne/{{extractor}}/{{layer}}.png",
-            caption="../report/tsne.rst",
-            category="t-SNE",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "extractor": "{extractor}", "layer": "{layer}", "figure": "t-SNE"},
+        report_entry(
+            f"{FIGURES}/tsne/{{extractor}}/{{layer}}.png",
+            "tsne",
+            "t-SNE",
+            extractor="{extractor}",
+            layer="{layer}",
+            figure="t-SNE",
         ),
     params:
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/tsne/{{extractor}}/{{layer}}.log",
+        f"{FIGURE_LOGS}/tsne/{{extractor}}/{{layer}}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -35,29 +34,25 @@ rule plot_tsne:
 
 rule plot_tsne_thumbs:
     input:
-        csv=f"{TSNE}.csv",
-        meta=f"{TSNE}.json",
-        images="results/data/{dataset}.zarr",
+        csv=TSNE_CSV,
+        meta=TSNE_META,
+        images=IMAGES,
     output:
-        report(
-            f"{FIG}/tsne_thumbs/{{extractor}}/{{layer}}.png",
-            caption="../report/tsne_thumbs.rst",
-            category="t-SNE",
-            subcategory="{dataset}",
-            labels={
-                "dataset": "{dataset}",
-                "extractor": "{extractor}",
-                "layer": "{layer}",
-                "figure": "t-SNE thumbnails",
-            },
+        report_entry(
+            f"{FIGURES}/tsne_thumbs/{{extractor}}/{{layer}}.png",
+            "tsne_thumbs",
+            "t-SNE",
+            extractor="{extractor}",
+            layer="{layer}",
+            figure="t-SNE thumbnails",
         ),
     params:
         thumbnail_size=config["figures"]["thumbnail_size"],
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/tsne_thumbs/{{extractor}}/{{layer}}.log",
+        f"{FIGURE_LOGS}/tsne_thumbs/{{extractor}}/{{layer}}.log",
     benchmark:
-        "results/benchmarks/figures/{dataset}/tsne_thumbs/{extractor}/{layer}.tsv"
+        f"{BENCHMARKS}/figures/{{dataset}}/tsne_thumbs/{{extractor}}/{{layer}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -70,21 +65,22 @@ rule plot_tsne_thumbs:
 
 rule plot_tsne_layers:
     input:
-        csv=lambda w: expand(f"{TSNE}.csv", dataset=w.dataset, extractor=w.extractor, layer=layers_of(w.extractor)),
-        meta=lambda w: expand(f"{TSNE}.json", dataset=w.dataset, extractor=w.extractor, layer=layers_of(w.extractor)),
+        csv=lambda w: expand(TSNE_CSV, dataset=w.dataset, extractor=w.extractor, layer=layers_of(w.extractor)),
+        meta=lambda w: expand(TSNE_META, dataset=w.dataset, extractor=w.extractor, layer=layers_of(w.extractor)),
     output:
-        report(
-            f"{FIG}/tsne_layers/{{extractor}}.png",
-            caption="../report/tsne_layers.rst",
-            category="t-SNE",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "extractor": "{extractor}", "layer": "all", "figure": "t-SNE by layer"},
+        report_entry(
+            f"{FIGURES}/tsne_layers/{{extractor}}.png",
+            "tsne_layers",
+            "t-SNE",
+            extractor="{extractor}",
+            layer="all",
+            figure="t-SNE by layer",
         ),
     params:
         layers=lambda w: layers_of(w.extractor),
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/tsne_layers/{{extractor}}.log",
+        f"{FIGURE_LOGS}/tsne_layers/{{extractor}}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -98,23 +94,17 @@ rule plot_tsne_layers:
 rule plot_activations:
     input:
         model=lambda w: (
-            f"results/models/{w.dataset}/resnet18_finetuned.pt"
-            if w.extractor == "resnet18_finetuned"
-            else RESNET18_WEIGHTS_FILES
+            MODEL.format(dataset=w.dataset) if w.extractor == "resnet18_finetuned" else RESNET18_WEIGHTS_FILES
         ),
-        images="results/data/{dataset}.zarr",
+        images=IMAGES,
     output:
-        report(
-            f"{FIG}/activations/{{extractor}}/{{layer}}.png",
-            caption="../report/activations.rst",
-            category="Activations",
-            subcategory="{dataset}",
-            labels={
-                "dataset": "{dataset}",
-                "extractor": "{extractor}",
-                "layer": "{layer}",
-                "figure": "activation maps",
-            },
+        report_entry(
+            f"{FIGURES}/activations/{{extractor}}/{{layer}}.png",
+            "activations",
+            "Activations",
+            extractor="{extractor}",
+            layer="{layer}",
+            figure="activation maps",
         ),
     wildcard_constraints:
         extractor="|".join(ACTIVATION_EXTRACTORS),
@@ -127,7 +117,7 @@ rule plot_activations:
         resources="resources",
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/activations/{{extractor}}/{{layer}}.log",
+        f"{FIGURE_LOGS}/activations/{{extractor}}/{{layer}}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -140,20 +130,21 @@ rule plot_activations:
 
 rule plot_activation_input:
     input:
-        images="results/data/{dataset}.zarr",
+        images=IMAGES,
     output:
-        report(
-            f"{FIG}/activations/input.png",
-            caption="../report/activation_input.rst",
-            category="Activations",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "extractor": "input", "layer": "input", "figure": "input image"},
+        report_entry(
+            f"{FIGURES}/activations/input.png",
+            "activation_input",
+            "Activations",
+            extractor="input",
+            layer="input",
+            figure="input image",
         ),
     params:
         position=lambda w: activation_image(w.dataset),
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/activations/input.log",
+        f"{FIGURE_LOGS}/activations/input.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -166,26 +157,14 @@ rule plot_activation_input:
 
 rule plot_training:
     input:
-        training_log="results/models/{dataset}/training_log.csv",
+        training_log=TRAINING_LOG,
     output:
-        loss=report(
-            f"{FIG}/training/loss.png",
-            caption="../report/training_loss.rst",
-            category="Fine-tuning",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "training loss"},
-        ),
-        lr=report(
-            f"{FIG}/training/lr.png",
-            caption="../report/training_lr.rst",
-            category="Fine-tuning",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "learning rate"},
-        ),
+        loss=report_entry(f"{FIGURES}/training/loss.png", "training_loss", "Fine-tuning", figure="training loss"),
+        lr=report_entry(f"{FIGURES}/training/lr.png", "training_lr", "Fine-tuning", figure="learning rate"),
     params:
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/training.log",
+        f"{FIGURE_LOGS}/training.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -198,20 +177,14 @@ rule plot_training:
 
 rule plot_top_losses:
     input:
-        predictions="results/models/{dataset}/predictions.csv",
-        images="results/data/{dataset}.zarr",
+        predictions=PREDICTIONS,
+        images=IMAGES,
     output:
-        report(
-            f"{FIG}/top_losses.png",
-            caption="../report/top_losses.rst",
-            category="Fine-tuning",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "top losses"},
-        ),
+        report_entry(f"{FIGURES}/top_losses.png", "top_losses", "Fine-tuning", figure="top losses"),
     params:
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/top_losses.log",
+        f"{FIGURE_LOGS}/top_losses.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -224,20 +197,14 @@ rule plot_top_losses:
 
 rule plot_confusion:
     input:
-        predictions="results/models/{dataset}/predictions.csv",
-        images="results/data/{dataset}.zarr",
+        predictions=PREDICTIONS,
+        images=IMAGES,
     output:
-        report(
-            f"{FIG}/confusion.png",
-            caption="../report/confusion.rst",
-            category="Fine-tuning",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "confusion matrix"},
-        ),
+        report_entry(f"{FIGURES}/confusion.png", "confusion", "Fine-tuning", figure="confusion matrix"),
     params:
         dpi=config["figures"]["dpi"],
     log:
-        f"{FIG_LOG}/confusion.log",
+        f"{FIGURE_LOGS}/confusion.log",
     threads: 1
     resources:
         mem_mb=1000,

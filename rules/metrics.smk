@@ -1,32 +1,29 @@
-# Metric tables (issue 6): classifiers on raw pixels and every (extractor, layer), plus the class-mean baseline
-# and the fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures.
+# Metric tables: classifiers on raw pixels and every (extractor, layer), plus the class-mean baseline and the
+# fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures.
+
+# The metrics settings each table reads, so that a setting reruns only the table it changes.
+CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k != "trustworthiness_k"}
+EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in ("knn_k", "trustworthiness_k")}
 
 
 rule evaluate_classifiers:
     input:
-        images="results/data/{dataset}.zarr",
+        images=IMAGES,
         stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
-        baseline="results/baseline/{dataset}/metrics.csv",
-        predictions=(["results/models/{dataset}/predictions.csv"] if FINETUNE else []),
+        baseline=BASELINE,
+        predictions=[PREDICTIONS] if FINETUNE else [],
     output:
-        csv=report(
-            "results/metrics/{dataset}/classifiers.csv",
-            caption="../report/classifiers.rst",
-            category="Metrics",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "table": "classifiers"},
-        ),
-        md="results/metrics/{dataset}/classifiers.md",
+        csv=report_entry(f"{METRICS}/classifiers.csv", "classifiers", "Metrics", table="classifiers"),
+        md=f"{METRICS}/classifiers.md",
     params:
         extractors=EXTRACTORS,
-        metrics=config["metrics"],
+        metrics=CLASSIFIER_SETTINGS,
         seed=config["seed"],
         weights=config["resnet18"]["weights"],
-        device="cpu",
     log:
-        "results/logs/metrics/{dataset}/classifiers.log",
+        f"{LOGS}/metrics/{{dataset}}/classifiers.log",
     benchmark:
-        "results/benchmarks/metrics/{dataset}/classifiers.tsv"
+        f"{BENCHMARKS}/metrics/{{dataset}}/classifiers.tsv"
     threads: 4
     resources:
         mem_mb=6000,
@@ -41,28 +38,23 @@ rule evaluate_embeddings:
     input:
         stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
         tsne=lambda w: [
-            f"results/tsne/{w.dataset}/{extractor}/{layer}.csv"
+            TSNE_CSV.format(dataset=w.dataset, extractor=extractor, layer=layer)
             for extractor in EXTRACTORS
             for layer in layers_of(extractor)
         ],
     output:
-        csv=report(
-            "results/metrics/{dataset}/embedding_quality.csv",
-            caption="../report/embedding_quality.rst",
-            category="Metrics",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "table": "embedding quality"},
+        csv=report_entry(
+            f"{METRICS}/embedding_quality.csv", "embedding_quality", "Metrics", table="embedding quality"
         ),
-        md="results/metrics/{dataset}/embedding_quality.md",
+        md=f"{METRICS}/embedding_quality.md",
     params:
         extractors=EXTRACTORS,
-        metrics=config["metrics"],
+        metrics=EMBEDDING_SETTINGS,
         weights=config["resnet18"]["weights"],
-        device="cpu",
     log:
-        "results/logs/metrics/{dataset}/embedding_quality.log",
+        f"{LOGS}/metrics/{{dataset}}/embedding_quality.log",
     benchmark:
-        "results/benchmarks/metrics/{dataset}/embedding_quality.tsv"
+        f"{BENCHMARKS}/metrics/{{dataset}}/embedding_quality.tsv"
     threads: 2
     resources:
         mem_mb=6000,
@@ -75,29 +67,20 @@ rule evaluate_embeddings:
 
 rule plot_metrics:
     input:
-        classifiers="results/metrics/{dataset}/classifiers.csv",
-        embeddings="results/metrics/{dataset}/embedding_quality.csv",
+        classifiers=f"{METRICS}/classifiers.csv",
+        embeddings=f"{METRICS}/embedding_quality.csv",
     output:
-        accuracy=report(
-            "results/figures/{dataset}/metrics/accuracy_by_layer.png",
-            caption="../report/accuracy_by_layer.rst",
-            category="Metrics",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "accuracy by layer"},
+        accuracy=report_entry(
+            f"{FIGURES}/metrics/accuracy_by_layer.png", "accuracy_by_layer", "Metrics", figure="accuracy by layer"
         ),
-        depth=report(
-            "results/figures/{dataset}/metrics/depth.png",
-            caption="../report/depth.rst",
-            category="Metrics",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "NC1 and 2-D kNN by layer"},
+        depth=report_entry(
+            f"{FIGURES}/metrics/depth.png", "depth", "Metrics", figure="NC1 and 2-D kNN by layer"
         ),
     params:
         dpi=config["figures"]["dpi"],
         weights=config["resnet18"]["weights"],
-        device="cpu",
     log:
-        "results/logs/figures/{dataset}/metrics.log",
+        f"{LOGS}/figures/{{dataset}}/metrics.log",
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,6 +1,6 @@
-# t-SNE (issue 5): the test split (or a seeded stratified subset of max_points, the same for every extractor)
-# of every (dataset, extractor, layer) -> results/tsne/{dataset}/{extractor}/{layer}.csv (+ a .json sidecar
-# with N, D, class names and the settings, read by the figure titles).
+# t-SNE: the test split (or a seeded stratified subset of max_points, the same for every extractor) of every
+# (dataset, extractor, layer) -> TSNE_CSV, plus a JSON sidecar (TSNE_META) with N, D, class names and the
+# settings, read by the figure titles.
 
 
 rule embed_tsne:
@@ -8,24 +8,19 @@ rule embed_tsne:
         features=lambda w: store_path(w.dataset, w.extractor),
         # resnet18_finetuned only: predictions.csv supplies the pred and prob columns.
         predictions=lambda w: (
-            f"results/models/{w.dataset}/predictions.csv" if w.extractor == "resnet18_finetuned" else []
+            PREDICTIONS.format(dataset=w.dataset) if w.extractor == "resnet18_finetuned" else []
         ),
     output:
-        csv="results/tsne/{dataset}/{extractor}/{layer}.csv",
-        meta="results/tsne/{dataset}/{extractor}/{layer}.json",
+        csv=TSNE_CSV,
+        meta=TSNE_META,
     params:
-        method=config["tsne"]["method"],
-        perplexity=config["tsne"]["perplexity"],
-        pca_components=config["tsne"]["pca_components"],
-        n_iter=config["tsne"]["n_iter"],
-        ints_in_interval=config["tsne"]["ints_in_interval"],
-        neighbors=config["tsne"]["neighbors"],
-        seed=config["tsne"]["seed"],
+        # every key of the section is a keyword of run_tsne
+        tsne=config["tsne"],
         max_points=lambda w: dataset_settings(w.dataset).get("max_points"),
     log:
-        "results/logs/tsne/{dataset}/{extractor}/{layer}.log",
+        f"{LOGS}/tsne/{{dataset}}/{{extractor}}/{{layer}}.log",
     benchmark:
-        "results/benchmarks/tsne/{dataset}/{extractor}/{layer}.tsv"
+        f"{BENCHMARKS}/tsne/{{dataset}}/{{extractor}}/{{layer}}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

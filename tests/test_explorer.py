@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from embedscope.artifacts import ArtifactError, read_predictions, read_tsne, write_text, write_tsne
 from embedscope.explorer import (
     ExplorerError,
     build_explorer,
@@ -15,9 +16,9 @@ from embedscope.explorer import (
     layer_key,
     png_data_uri,
     scale_unit,
-    write_synthetic_inputs,
 )
 from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.synthetic import write_synthetic_inputs
 
 MAPS = [(e, layer) for e, layers in EXTRACTOR_LAYERS.items() for layer in layers]  # 13 maps
 
@@ -88,14 +89,14 @@ def test_document_contents(page):
     assert legend.click_policy == "hide" and [i.label.value for i in legend.items] == [f"class {c}" for c in range(10)]
     assert any(isinstance(m, CustomJS) and "x__" in m.code for m in layout.references())
     # misclassified points come from predictions.csv, joined by sample index
-    pred = pd.read_csv(inputs["predictions_csv"]).set_index("index")
+    pred = read_predictions(inputs["predictions_csv"]).set_index("index")
     wrong = pred["pred"] != pred["label"]
     status = pd.Series(data["status"], index=data["index"])
     assert (status.loc[wrong.index[wrong]] == "misclassified").all()
     assert (status.loc[wrong.index[~wrong]] == "correct").all()
     assert np.allclose(pd.Series(data["prob"], index=data["index"]).loc[pred.index], pred["prob"])
     # every map scaled into [-1, 1], same point order as the index column
-    tsne = pd.read_csv(inputs["maps"][3][2]).set_index("index").loc[data["index"]]
+    tsne = read_tsne(inputs["maps"][3][2]).set_index("index").loc[data["index"]]
     x, _ = scale_unit(tsne["x"].to_numpy(), tsne["y"].to_numpy())
     assert np.allclose(data[f"x__{layer_key(*MAPS[3])}"], x)
     assert np.abs(np.r_[data["x"], data["y"]]).max() <= 1 + 1e-6
@@ -120,17 +121,23 @@ def test_predictions_from_finetuned_csv_and_none(tmp_path):
 def test_bad_inputs_name_the_file(tmp_path):
     inputs = write_synthetic_inputs(tmp_path, 30, [("scattering", "scattering"), ("resnet18", "conv1")])
     bad = tmp_path / "tsne" / "resnet18" / "conv1.csv"
-    frame = pd.read_csv(bad)
-    frame.iloc[:-1].to_csv(bad, index=False)
+    frame = read_tsne(bad)
+    write_tsne(bad, frame.iloc[:-1])
     with pytest.raises(ExplorerError, match="conv1.csv holds other points"):
         explorer_document(**inputs)
-    frame.drop(columns="y").to_csv(bad, index=False)
-    with pytest.raises(ExplorerError, match=r"conv1.csv lacks column\(s\) \['y'\]"):
+    write_tsne(bad, frame.assign(label=(frame["label"] + 1) % 10))
+    with pytest.raises(ExplorerError, match="conv1.csv: column 'label' disagrees"):
+        explorer_document(**inputs)
+    write_tsne(bad, frame.assign(y=np.where(frame.index == 3, np.inf, frame["y"])))
+    with pytest.raises(ArtifactError, match="conv1.csv: columns x, y must be finite"):
+        explorer_document(**inputs)
+    write_text(bad, "")
+    with pytest.raises(ArtifactError, match="conv1.csv is not a readable CSV file"):
         explorer_document(**inputs)
     with pytest.raises(ExplorerError, match="no t-SNE maps"):
         explorer_document(**{**inputs, "maps": []})
     out = tmp_path / "out.html"
-    with pytest.raises(ExplorerError):
+    with pytest.raises(ArtifactError):
         build_explorer(out, **inputs)
     assert not out.exists() and not list(tmp_path.glob(".out.html*"))
 

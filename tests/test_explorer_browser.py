@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from embedscope.explorer import build_explorer, layer_key, write_synthetic_inputs
+from embedscope.explorer import build_explorer, layer_key
 from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.synthetic import write_synthetic_inputs
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -3,7 +3,6 @@ with no overlapping text; the thumbnail canvas puts thumbnails where the coordin
 
 from __future__ import annotations
 
-import json
 from itertools import combinations
 
 import numpy as np
@@ -14,6 +13,21 @@ from matplotlib.text import Text
 from PIL import Image
 
 from embedscope import figures
+from embedscope.artifacts import (
+    CLASSIFIER_COLUMNS,
+    EMBEDDING_COLUMNS,
+    ArtifactError,
+    read_predictions,
+    read_training_log,
+    read_tsne,
+    read_tsne_meta,
+    write_predictions,
+    write_table,
+    write_training_log,
+    write_tsne,
+)
+from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.metrics import CLASSIFIERS
 from embedscope.store import write_image_store
 
 CLASSES = [str(i) for i in range(10)]
@@ -28,6 +42,19 @@ def digit_like_images(n, rng):
         images[i, 4 + 2 * c : 7 + 2 * c, 4:24, 0] = 255
         images[i, 4:24, 12:15, 0] = 180
     return images, labels
+
+
+def write_metric_tables(root, rng):
+    """classifiers.csv and embedding_quality.csv of the three extractors, numbers drawn at random."""
+    sets = [("pixels", "pixels")] + [(e, layer) for e, layers in EXTRACTOR_LAYERS.items() for layer in layers]
+    scores = {c: rng.uniform(0.5, 1.0) for c in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    rows = [{"dataset": "toy", "features": f, "layer": layer, "D": 64, "classifier": c, **scores,
+             "fit_seconds": 0.1} for f, layer in sets for c in CLASSIFIERS]
+    rows += [{**rows[0], "classifier": c, "accuracy": a} for c, a in (("class_mean_l1", 0.8), ("cnn", 0.97))]
+    write_table(pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS), root / "classifiers.csv")
+    quality = [{"dataset": "toy", "extractor": e, "layer": layer, "D": 64, "n": 40,
+                **{c: rng.uniform(0.1, 1.0) for c in EMBEDDING_COLUMNS[5:]}} for e, layer in sets[1:]]
+    write_table(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS), root / "embedding_quality.csv")
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +73,13 @@ def files(tmp_path_factory):
     tsne = pd.DataFrame({"index": test_index, "x": 10 * np.cos(angle) + rng.normal(0, 1, len(test_index)),
                          "y": 10 * np.sin(angle) + rng.normal(0, 1, len(test_index)), "label": test_labels,
                          "pred": pred, "prob": rng.uniform(0.3, 1.0, len(test_index))})
-    tsne.to_csv(root / "layer4.csv", index=False)
     meta = {"n": len(tsne), "dim": 512, "dim_tsne_input": 50, "method": "opentsne", "perplexity": 15.0,
             "weights": "random", "class_names": CLASSES}
-    (root / "layer4.json").write_text(json.dumps(meta))
-    probs = rng.dirichlet(np.ones(10), size=len(test_index))
+    write_tsne(root / "layer4.csv", tsne, root / "layer4.json", meta)
+    # half a random distribution, half the (sometimes wrong) prediction: the argmax is `pred`
+    probs = 0.5 * rng.dirichlet(np.ones(10), size=len(test_index)) + 0.5 * np.eye(10)[pred]
     loss = -np.log(probs[np.arange(len(test_index)), test_labels])
-    pd.DataFrame({"index": test_index, "label": test_labels, "pred": pred, "prob": probs.max(1), "loss": loss,
-                  **{f"prob_{c}": probs[:, c] for c in range(10)}}).to_csv(root / "predictions.csv", index=False)
+    write_predictions(root / "predictions.csv", test_index, test_labels, probs, loss)
     rows, step = [], 0
     for stage, epochs, peaks in ((1, 2, [3e-3] * 3), (2, 2, [1e-4, 3e-4, 1e-3])):
         for epoch in range(epochs):
@@ -66,8 +92,8 @@ def files(tmp_path_factory):
             rows.append({"kind": "epoch", "stage": stage, "epoch": epoch, "step": step - 1,
                          "train_loss": 2.3 * np.exp(-step / 8), "test_loss": 2.0 * np.exp(-step / 9) + 0.1,
                          "test_accuracy": 1 - np.exp(-step / 6)})
-    pd.DataFrame(rows, columns=["kind", "stage", "epoch", "step", "lr_0", "lr_1", "lr_2", "train_loss",
-                                "test_loss", "test_accuracy"]).to_csv(root / "training_log.csv", index=False)
+    write_training_log(root / "training_log.csv", rows, n_groups=3)
+    write_metric_tables(root, rng)
     return root
 
 
@@ -168,8 +194,9 @@ def test_training_plots(files, tmp_path):
     check_png(tmp_path / "a_loss.png", tmp_path / "b_loss.png", (660, 360))
     check_png(tmp_path / "a_lr.png", tmp_path / "b_lr.png", (660, 360))
     bad = tmp_path / "bad.csv"
-    pd.DataFrame({"kind": ["step"], "step": [0]}).to_csv(bad, index=False)
-    with pytest.raises(ValueError, match="lacks columns"):
+    write_training_log(bad, [{"kind": "epoch", "stage": 1, "epoch": 0, "step": 0, "lr_0": 1e-3, "train_loss": 1.0,
+                              "test_loss": 1.0, "test_accuracy": 0.5}], n_groups=1)
+    with pytest.raises(ArtifactError, match="bad.csv has no step rows"):
         figures.plot_training(bad, tmp_path / "l.png", tmp_path / "r.png", dataset="toy")
 
 
@@ -185,6 +212,16 @@ def test_confusion(files, tmp_path):
     check_png(*outs, (540, 510))
     counts = figures.confusion_counts([0, 1, 1, 2], [0, 1, 2, 2], 3)
     assert counts.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_metric_plots(files, tmp_path):
+    for name in ("a", "b"):
+        figures.plot_metrics(files / "classifiers.csv", files / "embedding_quality.csv", tmp_path / f"{name}_acc.png",
+                             tmp_path / f"{name}_depth.png", dataset="toy", dpi=60, weights="random")
+    n_sets, n_layers = 14, 13  # pixels + 13 layers; 13 layers
+    check_png(tmp_path / "a_acc.png", tmp_path / "b_acc.png", (round((0.45 * n_sets + 2) * 60), round(4.2 * 60)))
+    check_png(tmp_path / "a_depth.png", tmp_path / "b_depth.png", (round((0.45 * n_layers + 2) * 60), round(5.5 * 60)))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_compose_canvas_places_and_frames():
@@ -223,17 +260,17 @@ def assert_no_overlap(fig, ignore_cells=False):
 
 
 def test_no_overlapping_text(files):
-    table = pd.read_csv(files / "layer4.csv")
-    meta = json.loads((files / "layer4.json").read_text())
+    table = read_tsne(files / "layer4.csv")
+    meta = read_tsne_meta(files / "layer4.json")
     title = figures.tsne_title("toy", "resnet18_finetuned", "head_hidden", meta)
     assert "toy" in title and "head_hidden" in title and "N=40" in title and "D=512" in title
     assert "random" in title
     assert_no_overlap(figures.draw_tsne(table, CLASSES, title))
     assert_no_overlap(figures.draw_tsne_layers([table] * 4, list("abcd"), [1, 2, 3, 4], CLASSES, title))
-    steps, epochs, lrs = figures.read_training_log(files / "training_log.csv")
+    steps, epochs, lrs = read_training_log(files / "training_log.csv")
     assert_no_overlap(figures.draw_training_loss(steps, epochs, "toy: loss\nsecond line"))
     assert_no_overlap(figures.draw_training_lr(steps, lrs, "toy: lr\nsecond line"))
-    preds = pd.read_csv(files / "predictions.csv").head(9)
+    preds = read_predictions(files / "predictions.csv").head(9)
     images = np.zeros((9, 28, 28, 1), dtype=np.uint8)
     assert_no_overlap(figures.draw_top_losses(preds, images, CLASSES, "toy: top losses"))
     counts = figures.confusion_counts(preds["label"], preds["pred"], 10)

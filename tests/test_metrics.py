@@ -1,4 +1,4 @@
-"""Metric tables (issue 6): each metric against a hand computation or scikit-learn, and the tables' shape."""
+"""Metric tables: each metric against a hand computation or scikit-learn, and the tables' rows and columns."""
 
 from __future__ import annotations
 
@@ -11,6 +11,18 @@ from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 from embedscope import metrics
+from embedscope.artifacts import (
+    CLASSIFIER_COLUMNS,
+    EMBEDDING_COLUMNS,
+    ArtifactError,
+    read_baseline,
+    read_classifiers,
+    read_embedding_quality,
+    read_tsne,
+    write_predictions,
+    write_table,
+    write_tsne,
+)
 from embedscope.baseline import compute_baseline
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import FeatureStoreWriter, write_image_store
@@ -154,22 +166,19 @@ def tiny_run(tmp_path_factory):
     prob = np.full((len(test_index), n_classes), 0.1)
     prob[np.arange(len(test_index)), pred] = 0.8
     predictions = root / "predictions.csv"
-    pd.DataFrame({"index": test_index, "label": labels[test_index], "pred": pred, "prob": 0.8, "loss": 0.2,
-                  **{f"prob_{c}": prob[:, c] for c in range(n_classes)}}).to_csv(predictions, index=False)
+    write_predictions(predictions, test_index, labels[test_index], prob, np.full(len(test_index), 0.2))
     subset = test_index[:10]  # a t-SNE subset of the test split, in its own order
     tsne = []
     for extractor in stores:
         for layer in EXTRACTOR_LAYERS[extractor]:
             path = root / "tsne" / extractor / f"{layer}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
             points = subset[::-1]
             xy = rng.normal(size=(len(points), 2)) + labels[points, None] * 3
-            pd.DataFrame({"index": points, "x": xy[:, 0], "y": xy[:, 1],
-                          "label": labels[points]}).to_csv(path, index=False)
+            write_tsne(path, pd.DataFrame({"index": points, "x": xy[:, 0], "y": xy[:, 1], "label": labels[points]}))
             tsne.append(path)
     return {"root": root, "data": data, "extractors": list(stores), "stores": list(stores.values()),
             "baseline": baseline, "predictions": predictions, "tsne": tsne, "labels": labels, "split": split,
-            "pred": pred}
+            "test_index": test_index, "prob": prob}
 
 
 def test_classifier_table_has_every_row_and_column(tiny_run):
@@ -178,8 +187,8 @@ def test_classifier_table_has_every_row_and_column(tiny_run):
     table = metrics.evaluate_classifiers(r["data"], r["extractors"], r["stores"], r["baseline"], r["predictions"],
                                          csv, md, dataset="toy", settings=SETTINGS, seed=0, threads=1,
                                          weights="random")
-    assert list(table.columns) == metrics.CLASSIFIER_COLUMNS
-    assert list(pd.read_csv(csv).columns) == metrics.CLASSIFIER_COLUMNS
+    assert list(table.columns) == list(CLASSIFIER_COLUMNS)
+    assert list(read_classifiers(csv).columns) == list(CLASSIFIER_COLUMNS)
     sets = [("pixels", "pixels"), ("scattering", "scattering")] + [
         ("resnet18_finetuned", layer) for layer in EXTRACTOR_LAYERS["resnet18_finetuned"]]
     expected = {(f, layer, c) for f, layer in sets for c in SETTINGS["classifiers"]}
@@ -193,7 +202,7 @@ def test_classifier_table_has_every_row_and_column(tiny_run):
     assert dims[("resnet18_finetuned", "softmax")] == 7 and dims[("resnet18_finetuned", "output")] == 3
     scores = table[["accuracy", "macro_precision", "macro_recall", "macro_f1"]]
     assert ((scores >= 0) & (scores <= 1)).all().all()
-    baseline = pd.read_csv(r["baseline"]).set_index("distance")["accuracy"]
+    baseline = read_baseline(r["baseline"]).set_index("distance")["accuracy"]
     for distance in ("l1", "l2"):
         row = table[table["classifier"] == f"class_mean_{distance}"].iloc[0]
         assert row["accuracy"] == pytest.approx(baseline[distance])
@@ -226,12 +235,13 @@ def test_classifier_table_is_seeded_and_matches_sklearn(tiny_run):
 def test_stale_baseline_and_bad_predictions_are_refused(tiny_run, tmp_path):
     r = tiny_run
     stale = tmp_path / "baseline.csv"
-    pd.read_csv(r["baseline"]).assign(accuracy=0.123).to_csv(stale, index=False)
-    with pytest.raises(ValueError, match="stale"):
+    write_table(read_baseline(r["baseline"]).assign(accuracy=0.123), stale)
+    with pytest.raises(ArtifactError, match="stale"):
         metrics.classifier_table(r["data"], [], [], stale, settings={**SETTINGS, "classifiers": []})
     bad = tmp_path / "predictions.csv"
-    pd.read_csv(r["predictions"]).iloc[1:].to_csv(bad, index=False)
-    with pytest.raises(ValueError, match="predictions.csv"):
+    index = r["test_index"][1:]
+    write_predictions(bad, index, r["labels"][index], r["prob"][1:], np.full(len(index), 0.2))
+    with pytest.raises(ArtifactError, match="predictions.csv: 'index' is not the test split"):
         metrics.classifier_table(r["data"], [], [], None, bad, settings={**SETTINGS, "classifiers": []})
 
 
@@ -242,13 +252,13 @@ def test_embedding_table_has_every_row_and_matches_direct_computation(tiny_run):
     csv, md = r["root"] / "out" / "embedding_quality.csv", r["root"] / "out" / "embedding_quality.md"
     table = metrics.evaluate_embeddings(r["extractors"], r["stores"], r["tsne"], csv, md, dataset="toy",
                                         settings=SETTINGS)
-    assert list(table.columns) == metrics.EMBEDDING_COLUMNS
-    assert list(pd.read_csv(csv).columns) == metrics.EMBEDDING_COLUMNS
+    assert list(table.columns) == list(EMBEDDING_COLUMNS)
+    assert list(read_embedding_quality(csv).columns) == list(EMBEDDING_COLUMNS)
     pairs = [(e, layer) for e in r["extractors"] for layer in EXTRACTOR_LAYERS[e]]
     assert list(zip(table["extractor"], table["layer"], strict=True)) == pairs
     assert (table["n"] == 10).all()
     row = table[table["layer"] == "head_pool"].iloc[0]
-    tsne = pd.read_csv(r["tsne"][pairs.index(("resnet18_finetuned", "head_pool"))])
+    tsne = read_tsne(r["tsne"][pairs.index(("resnet18_finetuned", "head_pool"))])
     store = r["stores"][1]
     test = load_features(store, "head_pool", "test")
     feats = test.features[[list(test.index).index(i) for i in tsne["index"]]]
@@ -268,18 +278,7 @@ def test_tsne_points_outside_the_test_split_are_refused(tiny_run, tmp_path):
     r = tiny_run
     bad = tmp_path / "scattering.csv"
     train_index = np.flatnonzero(r["split"] == 0)[:5]
-    pd.DataFrame({"index": train_index, "x": 0.0, "y": 0.0, "label": r["labels"][train_index]}).to_csv(bad)
-    with pytest.raises(ValueError, match="not in the test split"):
+    write_tsne(bad, pd.DataFrame({"index": train_index, "x": 0.0, "y": 0.0, "label": r["labels"][train_index]}))
+    with pytest.raises(ArtifactError, match="scattering.csv: 5 indices .* are not in the test split"):
         metrics.embedding_table(["scattering"], r["stores"][:1], [bad], settings=SETTINGS)
 
-
-def test_plot_metrics_writes_both_figures(tiny_run):
-    r = tiny_run
-    out = r["root"] / "out"
-    if not (out / "classifiers.csv").exists() or not (out / "embedding_quality.csv").exists():
-        pytest.skip("needs the two table tests first")
-    accuracy, depth = out / "metrics" / "accuracy_by_layer.png", out / "metrics" / "depth.png"
-    metrics.plot_metrics(out / "classifiers.csv", out / "embedding_quality.csv", accuracy, depth, dataset="toy",
-                         dpi=50, weights="random")
-    for path in (accuracy, depth):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -82,19 +82,23 @@ def test_tables_categories_and_description(report):
 
 
 def test_metric_tables_of_the_run(small_run):
-    import pandas as pd
-
+    from embedscope.artifacts import (
+        CLASSIFIER_COLUMNS,
+        EMBEDDING_COLUMNS,
+        read_baseline,
+        read_classifiers,
+        read_embedding_quality,
+    )
     from embedscope.layers import EXTRACTOR_LAYERS
-    from embedscope.metrics import CLASSIFIER_COLUMNS, EMBEDDING_COLUMNS
 
     metrics = Path(small_run) / "results" / "metrics" / "mnist_small"
-    classifiers = pd.read_csv(metrics / "classifiers.csv")
-    quality = pd.read_csv(metrics / "embedding_quality.csv")
-    assert list(classifiers.columns) == CLASSIFIER_COLUMNS and list(quality.columns) == EMBEDDING_COLUMNS
+    classifiers = read_classifiers(metrics / "classifiers.csv")
+    quality = read_embedding_quality(metrics / "embedding_quality.csv")
+    assert list(classifiers.columns) == list(CLASSIFIER_COLUMNS) and list(quality.columns) == list(EMBEDDING_COLUMNS)
     layers = sum(len(EXTRACTOR_LAYERS[e]) for e in SMALL_CONFIG["extractors"])
     assert len(quality) == layers
     assert len(classifiers) == 3 * (1 + layers) + 2 + 1  # fitted sets, class-mean l1/l2, the CNN
-    baseline = pd.read_csv(small_run / "results" / "baseline" / "mnist_small" / "metrics.csv")
+    baseline = read_baseline(small_run / "results" / "baseline" / "mnist_small" / "metrics.csv")
     l1 = classifiers.loc[classifiers.classifier == "class_mean_l1", "accuracy"].item()
     assert l1 == pytest.approx(baseline.loc[baseline.distance == "l1", "accuracy"].item())
     scattering = classifiers[(classifiers.features == "scattering") & (classifiers.classifier == "logreg")]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
+from embedscope.artifacts import ArtifactError, read_tsne, read_tsne_meta, write_predictions
 from embedscope.store import FeatureStoreWriter
 from embedscope.tsne import embed_tsne, run_tsne, tsne_input_dim, tsne_subset
 
@@ -95,15 +93,15 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     pred = y[test_index].copy()
     pred[:7] = (pred[:7] + 1) % 5
     probs = np.full((len(test_index), 5), 0.1)
-    preds = pd.DataFrame({"index": test_index, "label": y[test_index], "pred": pred, "prob": 0.6,
-                          "loss": 0.5, **{f"prob_{c}": probs[:, c] for c in range(5)}})
-    preds.to_csv(tmp_path / "predictions.csv", index=False)
+    probs[np.arange(len(test_index)), pred] = 0.6
+    losses = np.full(len(test_index), 0.5)
+    write_predictions(tmp_path / "predictions.csv", test_index, y[test_index], probs, losses)
     out = tmp_path / "tsne" / "layer4.csv"
     meta = tmp_path / "tsne" / "layer4.json"
     kwargs = dict(predictions=tmp_path / "predictions.csv", max_points=100, perplexity=10, n_iter=250, seed=0,
                   info={"dataset": "toy", "extractor": "resnet18_finetuned"})
     run_tsne(store, "layer4", out, meta, **kwargs)
-    table = pd.read_csv(out)
+    table = read_tsne(out)
     assert list(table.columns) == ["index", "x", "y", "label", "pred", "prob"]
     assert len(table) == 100 and set(table["index"]) <= set(test_index)
     expected = test_index[tsne_subset(y[test_index], 100, 0)]
@@ -111,7 +109,8 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     assert np.array_equal(table["label"], y[table["index"]])
     lookup = dict(zip(test_index, pred, strict=True))
     assert np.array_equal(table["pred"], [lookup[i] for i in table["index"]])
-    info = json.loads(meta.read_text())
+    assert np.allclose(table["prob"], 0.6)
+    info = read_tsne_meta(meta)
     assert info["n"] == 100 and info["dim"] == 80 and info["dim_tsne_input"] == 50
     assert info["class_names"] == [f"c{i}" for i in range(5)] and info["weights"] == "random"
     assert info["ints_in_interval"] == 2.0 and info["neighbors"] == "exact"
@@ -121,8 +120,8 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     assert out.read_bytes() == first  # same inputs, same bytes
 
     # Predictions that do not cover the points: a clear error, and the old csv untouched.
-    preds.iloc[5:].to_csv(tmp_path / "short.csv", index=False)
-    with pytest.raises(ValueError, match="no prediction for"):
+    write_predictions(tmp_path / "short.csv", test_index[5:], y[test_index[5:]], probs[5:], losses[5:])
+    with pytest.raises(ArtifactError, match="short.csv has no prediction for"):
         run_tsne(store, "layer4", out, meta, **{**kwargs, "predictions": tmp_path / "short.csv"})
     assert out.read_bytes() == first
 
@@ -134,7 +133,7 @@ def test_run_tsne_without_predictions(tmp_path, blobs):
     write_store(store, x[:60], y[:60], split, extractor="scattering")
     out = tmp_path / "out.csv"
     run_tsne(store, "layer4", out, None, perplexity=10, n_iter=50, pca_components=0)
-    assert list(pd.read_csv(out).columns) == ["index", "x", "y", "label"]
+    assert list(read_tsne(out).columns) == ["index", "x", "y", "label"]
 
 
 def test_schema_defaults_are_embed_tsne_defaults():

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from embedscope.metrics import plot_metrics
+from embedscope.figures import plot_metrics
 from embedscope.runtime import start_job
 
 start_job(snakemake)

@@ -102,7 +102,8 @@ def _write_rows(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[
         writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+            # float() first: numpy's float64 is a float whose repr is "np.float64(...)"
+            writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _unique_index(table: pd.DataFrame, path, what: str) -> pd.DataFrame:

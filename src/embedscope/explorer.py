@@ -23,24 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedscope.artifacts import ArtifactError, read_embedding_quality, read_predictions, read_tsne, write_text
 from embedscope.store import read_image_store
 
 log = logging.getLogger("embedscope.explorer")
 
-TSNE_COLUMNS = ("index", "x", "y", "label")
-QUALITY_COLUMNS = (
-    "dataset",
-    "extractor",
-    "layer",
-    "D",
-    "n",
-    "trustworthiness",
-    "knn_accuracy_2d",
-    "silhouette_features",
-    "silhouette_2d",
-    "ncc_accuracy",
-    "nc1",
-)
 QUALITY_LABELS = {
     "D": "feature dimension D",
     "n": "points n",
@@ -51,7 +38,6 @@ QUALITY_LABELS = {
     "ncc_accuracy": "nearest class centre accuracy",
     "nc1": "NC1 (within/between class variability)",
 }
-PREDICTION_COLUMNS = ("index", "pred", "prob")
 STATUS_FACTORS = ("correct", "misclassified", "no prediction")
 STATUS_MARKERS = ("circle", "triangle", "circle")
 
@@ -80,8 +66,8 @@ plot.title.text = titles[key];
 """
 
 
-class ExplorerError(ValueError):
-    """An input of the explorer is missing, malformed or inconsistent."""
+class ExplorerError(ArtifactError):
+    """Inputs of the explorer that are each well-formed but disagree with one another or with the image store."""
 
 
 def layer_key(extractor: str, layer: str) -> str:
@@ -99,17 +85,6 @@ def png_data_uri(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _read_csv(path: str | os.PathLike, required: Sequence[str], what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise ExplorerError(f"{what} {path} does not exist")
-    frame = pd.read_csv(path)
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ExplorerError(f"{what} {path} lacks column(s) {missing}; expected at least {list(required)}")
-    return frame
 
 
 def scale_unit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +105,7 @@ def load_maps(
     frames: dict[str, pd.DataFrame] = {}
     reference = None
     for extractor, layer, path in maps:
-        frame = _read_csv(path, TSNE_COLUMNS, f"t-SNE csv of {extractor}/{layer}")
-        if frame["index"].duplicated().any():
-            raise ExplorerError(f"t-SNE csv {path}: column 'index' has duplicate sample indices")
-        if not np.isfinite(frame[["x", "y"]].to_numpy(dtype=np.float64)).all():
-            raise ExplorerError(f"t-SNE csv {path}: columns x, y must be finite numbers")
-        frame = frame.set_index("index", drop=False)
+        frame = read_tsne(path).set_index("index", drop=False)
         if reference is None:
             reference = frame
         elif set(frame.index) != set(reference.index):
@@ -164,9 +134,7 @@ def predictions_for(
     """
     source = None
     if predictions_csv is not None:
-        source = _read_csv(predictions_csv, PREDICTION_COLUMNS, "predictions csv").set_index("index")
-        if source.index.duplicated().any():
-            raise ExplorerError(f"predictions csv {predictions_csv}: column 'index' has duplicates")
+        source = read_predictions(predictions_csv).set_index("index")
     else:
         for frame in frames.values():
             if "pred" in frame.columns and "prob" in frame.columns:
@@ -192,7 +160,8 @@ def quality_tables(
     """key -> an HTML table of that layer's embedding-quality numbers ('n/a' where there is no row)."""
     frame = None
     if quality_csv is not None:
-        frame = _read_csv(quality_csv, ("extractor", "layer"), "embedding-quality csv")
+        # Only the keys are required: a column the table lacks is shown as "n/a".
+        frame = read_embedding_quality(quality_csv, columns=("extractor", "layer"))
         if dataset is not None and "dataset" in frame.columns:
             frame = frame[frame["dataset"].astype(str) == str(dataset)]
     tables = {}
@@ -225,45 +194,32 @@ def palette(n: int) -> list[str]:
     return [Turbo256[int(i)] for i in np.linspace(0, 255, n)]
 
 
-def explorer_document(
-    image_store: str | os.PathLike,
-    maps: Sequence[tuple[str, str, str | os.PathLike]],
-    quality_csv: str | os.PathLike | None = None,
-    predictions_csv: str | os.PathLike | None = None,
-    dataset: str | None = None,
-    thumb_px: int = 84,
-):
-    """The Bokeh layout of the page (module doc); ``maps``: (extractor, layer, t-SNE csv) in menu order."""
-    from bokeh.layouts import column, row
-    from bokeh.models import (
-        CDSView,
-        ColumnDataSource,
-        CustomJS,
-        Div,
-        GroupFilter,
-        HoverTool,
-        Legend,
-        Range1d,
-        Select,
-    )
-    from bokeh.plotting import figure
-    from bokeh.transform import factor_cmap, factor_mark
-
-    images = read_image_store(image_store)
-    class_names = list(images.class_names)
-    reference, frames = load_maps(maps)
+def checked_points(reference: pd.DataFrame, images, image_store, first_csv) -> tuple[np.ndarray, np.ndarray]:
+    """(sample index, label) of the maps' points, checked against the image store."""
     index = reference["index"].to_numpy(dtype=np.int64)
     if index.min() < 0 or index.max() >= len(images.labels):
         raise ExplorerError(
-            f"t-SNE csv {maps[0][2]}: sample indices must lie in 0..{len(images.labels) - 1} "
+            f"t-SNE csv {first_csv}: sample indices must lie in 0..{len(images.labels) - 1} "
             f"(the image store {image_store})"
         )
     labels = reference["label"].to_numpy(dtype=np.int64)
     if not np.array_equal(labels, images.labels[index]):
-        raise ExplorerError(f"t-SNE csv {maps[0][2]}: column 'label' disagrees with the image store {image_store}")
-    pred, prob = predictions_for(index, predictions_csv, frames)
+        raise ExplorerError(f"t-SNE csv {first_csv}: column 'label' disagrees with the image store {image_store}")
+    return index, labels
+
+
+def point_columns(
+    images,
+    index: np.ndarray,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    prob: np.ndarray,
+    frames: Mapping[str, pd.DataFrame],
+) -> dict[str, object]:
+    """The ColumnDataSource columns: one row per point (misclassified last, so drawn on top within their
+    class), its thumbnail, names and status, and an ``x__{key}``/``y__{key}`` pair per map scaled to [-1, 1]."""
+    class_names = list(images.class_names)
     status = np.where(pred < 0, STATUS_FACTORS[2], np.where(pred == labels, STATUS_FACTORS[0], STATUS_FACTORS[1]))
-    # misclassified points last, so they are drawn on top within their class
     order = np.argsort(status == STATUS_FACTORS[1], kind="stable")
 
     def name(c: int) -> str:
@@ -278,19 +234,23 @@ def explorer_document(
         "size": np.where(status[order] == STATUS_FACTORS[1], 9, 6).astype(np.uint8),
         "thumb": [png_data_uri(images.images[i]) for i in index[order]],
     }
-    titles = {}
-    for extractor, layer, _ in maps:
-        key = layer_key(extractor, layer)
-        frame = frames[key]
+    for key, frame in frames.items():
         x, y = scale_unit(frame["x"].to_numpy(), frame["y"].to_numpy())
         data[f"x__{key}"], data[f"y__{key}"] = x[order], y[order]
-        titles[key] = f"{dataset + ': ' if dataset else ''}t-SNE of {extractor} / {layer} ({len(index)} points)"
-    first = layer_key(*maps[0][:2])
+    first = next(iter(frames))
     data["x"], data["y"] = data[f"x__{first}"], data[f"y__{first}"]
-    source = ColumnDataSource(data, name="points")
+    return data
+
+
+def map_plot(source, class_names: Sequence[str], title: str, thumb_px: int):
+    """The scatter of the plotted ``x``/``y``: one renderer per class (legend click hides it), misclassified
+    points as black-edged triangles, a hover tooltip with the thumbnail."""
+    from bokeh.models import CDSView, GroupFilter, HoverTool, Legend, Range1d
+    from bokeh.plotting import figure
+    from bokeh.transform import factor_cmap, factor_mark
 
     plot = figure(
-        title=titles[first],
+        title=title,
         width=760,
         height=720,
         x_range=Range1d(-1.08, 1.08),
@@ -328,8 +288,16 @@ def explorer_document(
     legend = Legend(items=items, click_policy="hide", title="true label (click hides)", location="top_left")
     plot.add_layout(legend, "right")
     plot.add_tools(HoverTool(renderers=renderers, tooltips=TOOLTIP.format(px=thumb_px), point_policy="snap_to_data"))
+    return plot
 
-    tables = quality_tables(quality_csv, maps, dataset)
+
+def side_panel(plot, source, maps: Sequence[tuple[str, str, object]], tables: Mapping[str, str],
+               titles: Mapping[str, str], note: str):
+    """The layer menu (its CustomJS swaps coordinates, quality table and title), the quality table, a note."""
+    from bokeh.layouts import column
+    from bokeh.models import CustomJS, Div, Select
+
+    first = layer_key(*maps[0][:2])
     quality = Div(text=tables[first], width=330, name="quality")
     options = [(layer_key(e, layer), f"{e} / {layer}") for e, layer, _ in maps]
     select = Select(title="t-SNE map (extractor / layer)", value=first, options=options, width=330, name="layer")
@@ -340,31 +308,50 @@ def explorer_document(
             code=SWITCH_JS,
         ),
     )
-    n_wrong = int((status == STATUS_FACTORS[1]).sum())
-    note = Div(
-        width=330,
-        text=(
-            f"<p style='font-size:12px'>{len(index)} test images of "
-            f"<b>{html.escape(str(dataset or ''))}</b>, "
-            f"{len(maps)} maps. Colour = true label; &#9650; with a black edge = misclassified by the "
-            f"fine-tuned CNN ({n_wrong} points)"
-            + ("" if (pred >= 0).any() else " (no predictions available)")
-            + ". Hover a point for its image; each map is scaled to fit the frame.</p>"
-        ),
+    return column(select, quality, Div(width=330, text=note))
+
+
+def explorer_document(
+    image_store: str | os.PathLike,
+    maps: Sequence[tuple[str, str, str | os.PathLike]],
+    quality_csv: str | os.PathLike | None = None,
+    predictions_csv: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    thumb_px: int = 84,
+):
+    """The Bokeh layout of the page (module doc); ``maps``: (extractor, layer, t-SNE csv) in menu order."""
+    from bokeh.layouts import row
+    from bokeh.models import ColumnDataSource
+
+    images = read_image_store(image_store)
+    reference, frames = load_maps(maps)
+    index, labels = checked_points(reference, images, image_store, maps[0][2])
+    pred, prob = predictions_for(index, predictions_csv, frames)
+    source = ColumnDataSource(point_columns(images, index, labels, pred, prob, frames), name="points")
+    prefix = f"{dataset}: " if dataset else ""
+    titles = {layer_key(e, layer): f"{prefix}t-SNE of {e} / {layer} ({len(index)} points)" for e, layer, _ in maps}
+    plot = map_plot(source, list(images.class_names), titles[layer_key(*maps[0][:2])], thumb_px)
+    n_wrong = int(((pred >= 0) & (pred != labels)).sum())
+    note = (
+        f"<p style='font-size:12px'>{len(index)} test images of <b>{html.escape(str(dataset or ''))}</b>, "
+        f"{len(maps)} maps. Colour = true label; &#9650; with a black edge = misclassified by the "
+        f"fine-tuned CNN ({n_wrong} points)"
+        + ("" if (pred >= 0).any() else " (no predictions available)")
+        + ". Hover a point for its image; each map is scaled to fit the frame.</p>"
     )
-    return row(plot, column(select, quality, note))
+    tables = quality_tables(quality_csv, maps, dataset)
+    return row(plot, side_panel(plot, source, maps, tables, titles, note))
 
 
-def explorer_html(*args, title: str | None = None, **kwargs) -> str:
-    """The whole page as one HTML string with inline BokehJS (no network needed)."""
+def explorer_html(layout, dataset: str | None = None, title: str | None = None) -> str:
+    """The page of ``layout`` as one HTML string with inline BokehJS (no network needed)."""
     from bokeh.document import Document
     from bokeh.embed import file_html
     from bokeh.models import CustomJS
     from bokeh.resources import INLINE
 
     document = Document()
-    document.add_root(explorer_document(*args, **kwargs))
-    dataset = kwargs.get("dataset")
+    document.add_root(layout)
     # When BokehJS finished the first render, for load-time measurements (bench/explorer.py, browser test).
     document.js_on_event("document_ready", CustomJS(code="window.embedscope_ready_ms = performance.now();"))
     return file_html(document, INLINE, title=title or f"embedscope explorer{': ' + dataset if dataset else ''}")
@@ -378,112 +365,12 @@ def build_explorer(
     predictions_csv: str | os.PathLike | None = None,
     dataset: str | None = None,
 ) -> dict[str, int]:
-    """Write the explorer page atomically (temp sibling + rename). Returns {"points", "maps", "bytes"}."""
+    """Write the explorer page (atomically). Returns {"points", "maps", "bytes"}."""
     maps = [(str(e), str(layer), p) for e, layer, p in maps]
-    text = explorer_html(image_store, maps, quality_csv=quality_csv, predictions_csv=predictions_csv, dataset=dataset)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    n_points = len(pd.read_csv(maps[0][2], usecols=["index"]))
-    stats = {"points": n_points, "maps": len(maps), "bytes": output.stat().st_size}
+    layout = explorer_document(image_store, maps, quality_csv=quality_csv, predictions_csv=predictions_csv,
+                               dataset=dataset)
+    write_text(output, explorer_html(layout, dataset))
+    n_points = len(layout.select_one({"name": "points"}).data["index"])
+    stats = {"points": n_points, "maps": len(maps), "bytes": Path(output).stat().st_size}
     log.info("explorer %s: %d points x %d maps, %.1f MB", output, n_points, len(maps), stats["bytes"] / 1e6)
     return stats
-
-
-def write_synthetic_inputs(
-    folder: str | os.PathLike,
-    n_points: int,
-    maps: Sequence[tuple[str, str]],
-    images: np.ndarray | None = None,
-    n_classes: int = 10,
-    n_train: int = 0,
-    seed: int = 0,
-    wrong_fraction: float = 0.1,
-) -> dict[str, object]:
-    """Small explorer inputs in the real on-disk formats, for tests and bench/explorer.py.
-
-    Writes ``folder/data.zarr`` (``n_train`` train + ``n_points`` test images; ``images`` uint8 NHWC recycled,
-    else random 28x28 digit-like blobs), one t-SNE csv per (extractor, layer) over the test split (clustered
-    by class, a different layout per map; resnet18_finetuned csvs carry pred/prob), an embedding-quality csv
-    and a predictions csv. Returns the keyword arguments of ``build_explorer`` (without ``output``).
-    """
-    from embedscope.store import write_image_store
-
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    total = n_train + n_points
-    labels = np.arange(total) % n_classes
-    rng.shuffle(labels)
-    split = np.r_[np.zeros(n_train, np.uint8), np.ones(n_points, np.uint8)]
-    if images is None:
-        yy, xx = np.mgrid[:28, :28]
-        centres = rng.uniform(8, 20, size=(total, 2))
-        radius = 3 + labels[:, None, None] * 0.6
-        dist = np.hypot(yy[None] - centres[:, 0, None, None], xx[None] - centres[:, 1, None, None])
-        images = (np.clip(1.5 - np.abs(dist - radius), 0, 1) * 255).astype(np.uint8)[..., None]
-    else:
-        images = np.asarray(images, dtype=np.uint8)[np.arange(total) % len(images)]
-    names = [f"class {c}" for c in range(n_classes)]
-    write_image_store(folder / "data.zarr", images, labels, split, names, attrs={"source": "synthetic"})
-
-    index = np.flatnonzero(split == 1)
-    test_labels = labels[index]
-    wrong = rng.random(n_points) < wrong_fraction
-    pred = np.where(wrong, (test_labels + 1 + rng.integers(0, n_classes - 1, n_points)) % n_classes, test_labels)
-    prob = np.where(wrong, rng.uniform(0.3, 0.6, n_points), rng.uniform(0.7, 1.0, n_points))
-    probs = np.full((n_points, n_classes), 0.0)
-    probs[np.arange(n_points), pred] = prob
-    predictions = pd.DataFrame(
-        {
-            "index": index,
-            "label": test_labels,
-            "pred": pred,
-            "prob": prob,
-            "loss": -np.log(probs[np.arange(n_points), test_labels] + 1e-6),
-        }
-    )
-    for c in range(n_classes):
-        predictions[f"prob_{c}"] = probs[:, c]
-    predictions.to_csv(folder / "predictions.csv", index=False)
-
-    triples, quality = [], []
-    for m, (extractor, layer) in enumerate(maps):
-        angle = 2 * np.pi * (test_labels + m) / n_classes
-        spread = 0.3 + m * 0.05
-        x = np.cos(angle) * (5 + m) + rng.normal(0, spread * 5, n_points)
-        y = np.sin(angle) * (5 + m) + rng.normal(0, spread * 5, n_points)
-        frame = pd.DataFrame({"index": index, "x": x, "y": y, "label": test_labels})
-        if extractor == "resnet18_finetuned":
-            frame["pred"], frame["prob"] = pred, prob
-        path = folder / "tsne" / extractor / f"{layer}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-        triples.append((extractor, layer, str(path)))
-        quality.append(
-            {
-                "dataset": "synthetic",
-                "extractor": extractor,
-                "layer": layer,
-                "D": 64 * (m + 1),
-                "n": n_points,
-                "trustworthiness": 0.9 + m / 1000,
-                "knn_accuracy_2d": 0.5 + m / 100,
-                "silhouette_features": 0.1 + m / 100,
-                "silhouette_2d": 0.2 + m / 100,
-                "ncc_accuracy": 0.6 + m / 100,
-                "nc1": 3.0 - m / 10,
-            }
-        )
-    pd.DataFrame(quality, columns=list(QUALITY_COLUMNS)).to_csv(folder / "embedding_quality.csv", index=False)
-    return {
-        "image_store": str(folder / "data.zarr"),
-        "maps": triples,
-        "quality_csv": str(folder / "embedding_quality.csv"),
-        "predictions_csv": str(folder / "predictions.csv"),
-        "dataset": "synthetic",
-    }

@@ -1,20 +1,18 @@
-"""Every figure of the report as a PNG of fixed size: t-SNE maps, thumbnail maps, activation grids, training.
+"""Every figure of the report as a PNG: t-SNE maps, thumbnail maps, activation grids, training, metric summaries.
 
 Conventions: matplotlib's object API (``matplotlib.figure.Figure``, Agg; no pyplot state), a fixed figure size
 and dpi (so the pixel size is known in advance), no ``bbox_inches="tight"``, and no metadata that changes
 between runs (``metadata={"Software": None}``), so the same inputs give the same pixels. Each ``draw_*``
 function takes arrays and returns a Figure; each ``plot_*`` function reads the workflow's files, draws and
-writes the PNG atomically (temporary sibling + ``os.replace``).
+writes the PNG, reading and writing through :mod:`embedscope.artifacts`, the owner of those formats.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -27,10 +25,20 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from embedscope.artifacts import (  # noqa: E402
+    read_classifiers,
+    read_embedding_quality,
+    read_predictions,
+    read_training_log,
+    read_tsne,
+    read_tsne_meta,
+    save_figure,
+)
+from embedscope.layers import LR_GROUP_NAMES  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 MISCLASSIFIED_RGB = (255, 0, 0)
-GROUP_NAMES = {1: ("all",), 2: ("body", "head"), 3: ("body front", "body back", "head")}
 
 
 # ---------------------------------------------------------------------------------------------- common
@@ -45,18 +53,6 @@ def class_colors(n_classes: int) -> np.ndarray:
     else:
         cmap, values = matplotlib.colormaps["hsv"], np.linspace(0, 1, n_classes, endpoint=False)
     return np.asarray([cmap(v)[:3] for v in values], dtype=np.float64)
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
-    """Write ``fig`` as PNG at ``dpi``, atomically, without run-dependent metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def weights_label(extractor: str, weights: str | None) -> str:
@@ -87,24 +83,6 @@ def class_names_or_ids(class_names: Sequence[str] | None, labels: np.ndarray) ->
     n_classes = int(max(int(np.max(labels)) + 1 if len(labels) else 0, len(class_names or [])))
     names = list(class_names or [])
     return names + [str(c) for c in range(len(names), n_classes)]
-
-
-def read_tsne(path: str | os.PathLike) -> pd.DataFrame:
-    table = pd.read_csv(path)
-    missing = {"index", "x", "y", "label"} - set(table.columns)
-    if missing:
-        raise ValueError(f"t-SNE file {path} lacks columns {sorted(missing)} "
-                         "(expected index, x, y, label[, pred, prob])")
-    return table
-
-
-def read_meta(path: str | os.PathLike | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"t-SNE metadata {path} is not readable JSON: {exc}") from exc
 
 
 def read_images(image_store: str | os.PathLike, sample_index: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -187,7 +165,7 @@ def draw_tsne(table: pd.DataFrame, class_names: Sequence[str], title: str) -> Fi
 
 
 def plot_tsne(tsne_csv, meta_json, output, *, dataset: str, extractor: str, layer: str, dpi: int = 100) -> None:
-    table, meta = read_tsne(tsne_csv), read_meta(meta_json)
+    table, meta = read_tsne(tsne_csv), read_tsne_meta(meta_json)
     fig = draw_tsne(table, meta.get("class_names"), tsne_title(dataset, extractor, layer, meta))
     save_figure(fig, output, dpi)
 
@@ -218,7 +196,7 @@ def plot_tsne_layers(tsne_csvs: Sequence, meta_jsons: Sequence, output, *, datas
     if not (len(tsne_csvs) == len(meta_jsons) == len(layers)):
         raise ValueError("plot_tsne_layers needs one t-SNE csv and one metadata file per layer")
     tables = [read_tsne(p) for p in tsne_csvs]
-    metas = [read_meta(p) for p in meta_jsons]
+    metas = [read_tsne_meta(p) for p in meta_jsons]
     meta = metas[0] if metas else {}
     title = (f"{dataset} · {extractor} · all layers, shallow to deep\n"
              f"weights: {weights_label(extractor, meta.get('weights'))} · N={meta.get('n', '?')} test images · "
@@ -332,7 +310,7 @@ def draw_tsne_thumbs(table: pd.DataFrame, images: np.ndarray, class_names: Seque
 
 def plot_tsne_thumbs(tsne_csv, meta_json, image_store, output, *, dataset: str, extractor: str, layer: str,
                      thumbnail_size: int = 20, dpi: int = 100) -> None:
-    table, meta = read_tsne(tsne_csv), read_meta(meta_json)
+    table, meta = read_tsne(tsne_csv), read_tsne_meta(meta_json)
     images, class_names = read_images(image_store, table["index"].to_numpy())
     fig = draw_tsne_thumbs(table, images, meta.get("class_names") or class_names,
                            tsne_title(dataset, extractor, layer, meta), thumbnail_size, dpi)
@@ -435,20 +413,6 @@ def plot_activation_input(image_store, output, *, dataset: str, position: int, d
 # ------------------------------------------------------------------------------------------ fine-tuning
 
 
-def read_training_log(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    table = pd.read_csv(path)
-    missing = {"kind", "stage", "epoch", "step", "train_loss", "test_loss"} - set(table.columns)
-    lr_columns = sorted((c for c in table.columns if c.startswith("lr_")), key=lambda c: int(c[3:]))
-    if missing or not lr_columns:
-        raise ValueError(f"training log {path} lacks columns {sorted(missing) or ['lr_0']} "
-                         "(expected kind, stage, epoch, step, lr_0.., train_loss, test_loss, test_accuracy)")
-    steps = table[table["kind"] == "step"].sort_values("step", kind="stable")
-    epochs = table[table["kind"] == "epoch"].sort_values("step", kind="stable")
-    if steps.empty:
-        raise ValueError(f"training log {path} has no step rows")
-    return steps, epochs, lr_columns
-
-
 def _mark_stages(ax, steps: pd.DataFrame) -> Line2D | None:
     stage2 = steps.loc[steps["stage"] == 2, "step"]
     if stage2.empty or (steps["stage"] == 1).sum() == 0:
@@ -495,7 +459,7 @@ def draw_training_loss(steps: pd.DataFrame, epochs: pd.DataFrame, title: str) ->
 def draw_training_lr(steps: pd.DataFrame, lr_columns: Sequence[str], title: str) -> Figure:
     fig = Figure(figsize=(11, 6), layout="constrained")
     ax = fig.add_subplot()
-    names = GROUP_NAMES.get(len(lr_columns), tuple(f"group {g}" for g in range(len(lr_columns))))
+    names = LR_GROUP_NAMES.get(len(lr_columns), tuple(f"group {g}" for g in range(len(lr_columns))))
     colors = class_colors(len(lr_columns))
     for column, name, color in zip(lr_columns, names, colors, strict=True):
         ax.plot(steps["step"], steps[column].astype(float), color=color, linewidth=1.8,
@@ -523,15 +487,6 @@ def plot_training(training_log, loss_png, lr_png, *, dataset: str, dpi: int = 10
             f"stage 2 (all layers) {epochs_text(n2)}")
     save_figure(draw_training_loss(steps, epochs, f"{head}\nloss per step{final}"), loss_png, dpi)
     save_figure(draw_training_lr(steps, lr_columns, f"{head}\none-cycle learning rate per layer group"), lr_png, dpi)
-
-
-def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
-    table = pd.read_csv(path)
-    missing = {"index", "label", "pred", "prob", "loss"} - set(table.columns)
-    if missing:
-        raise ValueError(f"predictions file {path} lacks columns {sorted(missing)} "
-                         "(expected index, label, pred, prob, loss, prob_0..)")
-    return table
 
 
 def draw_top_losses(rows: pd.DataFrame, images: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -601,3 +556,87 @@ def plot_confusion(predictions, image_store, output, *, dataset: str, dpi: int =
     title = (f"{dataset}: confusion matrix of the fine-tuned ResNet-18\n"
              f"{len(table)} test images · accuracy {accuracy:.3f}")
     save_figure(draw_confusion(counts, names, title), output, dpi)
+
+
+# --------------------------------------------------------------------------------------- metric tables
+
+
+def layer_axis(frame: pd.DataFrame, group: str) -> tuple[list[tuple[str, str]], dict[tuple[str, str], int]]:
+    """The (group, layer) pairs of a table in first-seen order, and each pair's x position."""
+    order = list(dict.fromkeys(zip(frame[group], frame["layer"], strict=True)))
+    return order, {pair: i for i, pair in enumerate(order)}
+
+
+def metrics_width(n_positions: int) -> float:
+    """Figure width in inches of the per-layer metric plots: room for one rotated tick label per layer."""
+    return max(6.0, 0.45 * n_positions + 2)
+
+
+def draw_accuracy_by_layer(table: pd.DataFrame, classifiers: Sequence[str], title: str) -> Figure:
+    """Test accuracy per feature set, one line per fitted classifier (``classifiers``, in colour order);
+    every other row of the classifier table (class-mean baselines, the CNN) as a dashed horizontal line."""
+    fitted = table[table["classifier"].isin(classifiers)]
+    order, position = layer_axis(fitted, "features")
+    fig = Figure(figsize=(metrics_width(len(order)), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for name in [c for c in classifiers if c in set(fitted["classifier"])]:
+        rows = fitted[fitted["classifier"] == name]
+        for features in dict.fromkeys(rows["features"]):
+            part = rows[rows["features"] == features]
+            xs = [position[(features, layer)] for layer in part["layer"]]
+            ax.plot(xs, part["accuracy"], marker="o", ms=4, color=f"C{list(classifiers).index(name)}",
+                    label=name if features == rows["features"].iloc[0] else None)
+    extra = table[~table["classifier"].isin(classifiers)]
+    for offset, (_, row) in enumerate(extra.iterrows()):
+        ax.axhline(row["accuracy"], ls="--", lw=1, color=f"C{len(classifiers) + offset}",
+                   label=f"{row['classifier']} ({row['accuracy']:.3f})")
+    ax.set_xticks(range(len(order)), [layer if layer == f else f"{f}:{layer}" for f, layer in order],
+                  rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def draw_depth(quality: pd.DataFrame, title: str) -> Figure:
+    """NC1 (top, log scale when positive) and the 2-D kNN and nearest-class-centre accuracies (bottom) per
+    layer, one colour per extractor."""
+    order, position = layer_axis(quality, "extractor")
+    fig = Figure(figsize=(metrics_width(len(order)), 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for i, extractor in enumerate(dict.fromkeys(quality["extractor"])):
+        part = quality[quality["extractor"] == extractor]
+        xs = [position[(extractor, layer)] for layer in part["layer"]]
+        top.plot(xs, part["nc1"], marker="o", ms=4, color=f"C{i}", label=extractor)
+        bottom.plot(xs, part["knn_accuracy_2d"], marker="o", ms=4, color=f"C{i}", label=f"{extractor}: 2-D kNN")
+        bottom.plot(xs, part["ncc_accuracy"], marker="s", ms=3, ls=":", color=f"C{i}",
+                    label=f"{extractor}: nearest class centre")
+    if (quality["nc1"] > 0).all():
+        top.set_yscale("log")
+    top.set_ylabel("NC1 (train split)")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=7)
+    top.set_title(title, fontsize=9)
+    bottom.set_ylabel("accuracy")
+    bottom.set_ylim(0, 1.02)
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize=6, loc="lower right")
+    bottom.set_xticks(range(len(order)), [f"{e}:{layer}" for e, layer in order], rotation=60, ha="right",
+                      fontsize=8)
+    return fig
+
+
+def plot_metrics(classifiers_csv, embedding_csv, accuracy_png, depth_png, *, dataset: str = "", dpi: int = 100,
+                 weights: str | None = None) -> None:
+    """accuracy_by_layer.png (test accuracy per feature set and classifier) and depth.png (NC1, 2-D kNN)."""
+    from embedscope.metrics import CLASSIFIERS
+
+    suffix = f" (ResNet-18 weights: {weights})" if weights else ""
+    accuracy = draw_accuracy_by_layer(read_classifiers(classifiers_csv), CLASSIFIERS,
+                                      f"{dataset}: test accuracy per feature set and classifier{suffix}")
+    save_figure(accuracy, accuracy_png, dpi)
+    depth = draw_depth(read_embedding_quality(embedding_csv),
+                       f"{dataset}: within-class collapse and class separation by depth{suffix}")
+    save_figure(depth, depth_png, dpi)

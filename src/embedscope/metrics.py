@@ -1,4 +1,4 @@
-"""Tables that test the report's claims, and their summary figures.
+"""Tables that test the report's claims.
 
 * Classifier table (``classifiers.csv``/``.md``): raw pixels and every (extractor, layer) feature set, fitted on
   the train split and scored on the test split with standardised logistic regression, a random forest and
@@ -6,7 +6,9 @@
 * Embedding-quality table (``embedding_quality.csv``/``.md``) per (extractor, layer): t-SNE trustworthiness,
   leave-one-out kNN accuracy in the 2-D map, silhouettes in feature space and in 2-D, nearest-class-centre
   accuracy, and the within-class variability collapse NC1 of Papyan et al. (2020).
-* Figures: accuracy per layer and classifier; NC1 and 2-D kNN accuracy per layer (the depth story).
+
+Every input and both tables are read and written through :mod:`embedscope.artifacts`; their summary figures are drawn by
+:func:`embedscope.figures.plot_metrics`.
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedscope.artifacts import (
+    CLASSIFIER_COLUMNS,
+    EMBEDDING_COLUMNS,
+    ArtifactError,
+    prediction_class_count,
+    read_baseline,
+    read_predictions,
+    read_tsne,
+    write_table,
+)
 from embedscope.baseline import class_mean_images, nearest_class_mean
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import StoreError, load_features, read_image_store
 
 log = logging.getLogger("embedscope.metrics")
 
-CLASSIFIER_COLUMNS = ["dataset", "features", "layer", "D", "classifier", "accuracy", "macro_precision",
-                      "macro_recall", "macro_f1", "fit_seconds"]
-EMBEDDING_COLUMNS = ["dataset", "extractor", "layer", "D", "n", "trustworthiness", "knn_accuracy_2d",
-                     "silhouette_features", "silhouette_2d", "ncc_accuracy", "nc1"]
 CLASSIFIERS = ("logreg", "random_forest", "knn")
 PIXELS = "pixels"  # the `features` and `layer` value of raw-pixel rows
 DEFAULTS = {"classifiers": list(CLASSIFIERS), "knn_k": 10, "trustworthiness_k": 10, "random_forest_trees": 100,
@@ -220,12 +228,7 @@ def baseline_rows(data, baseline_csv: str | Path, dataset: str) -> list[dict]:
     accuracy so the table cannot silently disagree with it.
     """
     path = Path(baseline_csv)
-    if not path.exists():
-        raise FileNotFoundError(f"baseline metrics {path} does not exist")
-    table = pd.read_csv(path)
-    needed = {"distance", "accuracy"}
-    if not needed <= set(table.columns):
-        raise ValueError(f"baseline metrics {path}: expected columns {sorted(needed)}, got {list(table.columns)}")
+    table = read_baseline(path)
     x_train, y_train, _ = data.subset("train")
     x_test, y_test, _ = data.subset("test")
     n_classes = len(data.class_names)
@@ -237,7 +240,7 @@ def baseline_rows(data, baseline_csv: str | Path, dataset: str) -> list[dict]:
         pred = nearest_class_mean(x_test, means, str(distance))
         scores = macro_scores(y_test, pred, n_classes)
         if abs(scores["accuracy"] - float(reported)) > 1e-9:
-            raise ValueError(f"baseline metrics {path}: {distance} accuracy {reported} but the image store gives "
+            raise ArtifactError(f"baseline metrics {path}: {distance} accuracy {reported} but the image store gives "
                              f"{scores['accuracy']}; is the baseline stale?")
         rows.append({"dataset": dataset, "features": PIXELS, "layer": PIXELS,
                      "D": int(np.prod(x_train.shape[1:])), "classifier": f"class_mean_{distance}",
@@ -248,21 +251,16 @@ def baseline_rows(data, baseline_csv: str | Path, dataset: str) -> list[dict]:
 def cnn_row(predictions_csv: str | Path, data, dataset: str) -> dict:
     """The fine-tuned CNN's own test predictions (predictions.csv), checked against the image store."""
     path = Path(predictions_csv)
-    if not path.exists():
-        raise FileNotFoundError(f"predictions {path} does not exist")
-    table = pd.read_csv(path)
-    needed = {"index", "label", "pred"}
-    if not needed <= set(table.columns):
-        raise ValueError(f"predictions {path}: expected columns {sorted(needed)}, got {list(table.columns)}")
+    table = read_predictions(path)
     _, y_test, test_index = data.subset("test")
     if sorted(table["index"].tolist()) != sorted(test_index.tolist()):
-        raise ValueError(f"predictions {path}: 'index' is not the test split of the image store "
+        raise ArtifactError(f"predictions {path}: 'index' is not the test split of the image store "
                          f"({len(table)} rows for {len(test_index)} test images)")
     truth = data.labels[table["index"].to_numpy()]
     if not np.array_equal(truth, table["label"].to_numpy()):
-        raise ValueError(f"predictions {path}: 'label' disagrees with the image store's labels")
+        raise ArtifactError(f"predictions {path}: 'label' disagrees with the image store's labels")
     n_classes = len(data.class_names)
-    n_prob = sum(1 for c in table.columns if str(c).startswith("prob_"))
+    n_prob = prediction_class_count(table)
     return {"dataset": dataset, "features": "resnet18_finetuned", "layer": "output", "D": n_prob or n_classes,
             "classifier": "cnn", **macro_scores(truth, table["pred"].to_numpy(), n_classes),
             "fit_seconds": float("nan")}
@@ -310,21 +308,6 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
     return pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS)
 
 
-def _write_markdown(table: pd.DataFrame, path: str | Path, title: str, notes: Sequence[str]) -> None:
-    text = f"# {title}\n\n" + "".join(f"- {note}\n" for note in notes) + "\n"
-    text += table.to_markdown(index=False, floatfmt=".4f") + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-
-
-def _write_csv(table: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
 def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, predictions_csv, csv_path, md_path,
                          dataset: str = "", settings=None, seed: int = 0, threads: int = 1,
                          weights: str | None = None) -> pd.DataFrame:
@@ -345,23 +328,11 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
-    _write_csv(table, csv_path)
-    _write_markdown(table, md_path, f"Classifiers on {dataset or 'the dataset'}", notes)
+    write_table(table, csv_path, md_path, f"Classifiers on {dataset or 'the dataset'}", notes)
     return table
 
 
 # ---- the embedding-quality table ---------------------------------------------------------------------
-
-
-def read_tsne_csv(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"t-SNE map {path} does not exist")
-    table = pd.read_csv(path)
-    needed = {"index", "x", "y", "label"}
-    if not needed <= set(table.columns):
-        raise ValueError(f"t-SNE map {path}: expected columns {sorted(needed)}, got {list(table.columns)}")
-    return table
 
 
 def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, dataset: str = "") -> dict:
@@ -370,17 +341,17 @@ def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, da
     train = load_features(store, layer, "train")
     test = load_features(store, layer, "test")
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    tsne = read_tsne_csv(tsne_csv)
+    tsne = read_tsne(tsne_csv)
     position = {int(i): row for row, i in enumerate(test.index)}
     missing = [int(i) for i in tsne["index"] if int(i) not in position]
     if missing:
-        raise ValueError(f"t-SNE map {tsne_csv}: {len(missing)} indices (e.g. {missing[:3]}) are not in the test "
+        raise ArtifactError(f"t-SNE map {tsne_csv}: {len(missing)} indices (e.g. {missing[:3]}) are not in the test "
                          f"split of {store}/{layer}")
     rows = np.array([position[int(i)] for i in tsne["index"]])
     features = test.features[rows]
     labels = test.labels[rows]
     if not np.array_equal(labels, tsne["label"].to_numpy()):
-        raise ValueError(f"t-SNE map {tsne_csv}: 'label' disagrees with {store}/{layer}")
+        raise ArtifactError(f"t-SNE map {tsne_csv}: 'label' disagrees with {store}/{layer}")
     embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64)
     return {
         "dataset": dataset, "extractor": extractor, "layer": layer, "D": int(features.shape[1]),
@@ -433,84 +404,5 @@ def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
-    _write_csv(table, csv_path)
-    _write_markdown(table, md_path, f"Embedding quality on {dataset or 'the dataset'}", notes)
+    write_table(table, csv_path, md_path, f"Embedding quality on {dataset or 'the dataset'}", notes)
     return table
-
-
-# ---- figures ----------------------------------------------------------------------------------------
-
-
-def _layer_axis(frame: pd.DataFrame, group: str) -> tuple[list[tuple[str, str]], dict[tuple[str, str], int]]:
-    order = list(dict.fromkeys(zip(frame[group], frame["layer"], strict=True)))
-    return order, {pair: i for i, pair in enumerate(order)}
-
-
-def plot_metrics(classifiers_csv, embedding_csv, accuracy_png, depth_png, dataset: str = "", dpi: int = 100,
-                 weights: str | None = None) -> None:
-    """accuracy_by_layer.png (test accuracy per feature set and classifier) and depth.png (NC1, 2-D kNN)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    suffix = f" (ResNet-18 weights: {weights})" if weights else ""
-    table = pd.read_csv(classifiers_csv)
-    fitted = table[table["classifier"].isin(CLASSIFIERS)]
-    order, position = _layer_axis(fitted, "features")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(order) + 2), 4.2))
-    for name in [c for c in CLASSIFIERS if c in set(fitted["classifier"])]:
-        rows = fitted[fitted["classifier"] == name]
-        for features in dict.fromkeys(rows["features"]):
-            part = rows[rows["features"] == features]
-            xs = [position[(features, layer)] for layer in part["layer"]]
-            ax.plot(xs, part["accuracy"], marker="o", ms=4, color=f"C{CLASSIFIERS.index(name)}",
-                    label=name if features == rows["features"].iloc[0] else None)
-    extra = table[~table["classifier"].isin(CLASSIFIERS)]
-    for offset, (_, row) in enumerate(extra.iterrows()):
-        ax.axhline(row["accuracy"], ls="--", lw=1, color=f"C{3 + offset}",
-                   label=f"{row['classifier']} ({row['accuracy']:.3f})")
-    ax.set_xticks(range(len(order)), [layer if layer == f else f"{f}:{layer}" for f, layer in order],
-                  rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{dataset}: test accuracy per feature set and classifier{suffix}", fontsize=9)
-    fig.tight_layout()
-    _save(fig, accuracy_png, dpi)
-    plt.close(fig)
-
-    quality = pd.read_csv(embedding_csv)
-    order, position = _layer_axis(quality, "extractor")
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(max(6.0, 0.45 * len(order) + 2), 5.5))
-    for i, extractor in enumerate(dict.fromkeys(quality["extractor"])):
-        part = quality[quality["extractor"] == extractor]
-        xs = [position[(extractor, layer)] for layer in part["layer"]]
-        top.plot(xs, part["nc1"], marker="o", ms=4, color=f"C{i}", label=extractor)
-        bottom.plot(xs, part["knn_accuracy_2d"], marker="o", ms=4, color=f"C{i}", label=f"{extractor}: 2-D kNN")
-        bottom.plot(xs, part["ncc_accuracy"], marker="s", ms=3, ls=":", color=f"C{i}",
-                    label=f"{extractor}: nearest class centre")
-    if (quality["nc1"] > 0).all():
-        top.set_yscale("log")
-    top.set_ylabel("NC1 (train split)")
-    top.grid(alpha=0.3)
-    top.legend(fontsize=7)
-    top.set_title(f"{dataset}: within-class collapse and class separation by depth{suffix}", fontsize=9)
-    bottom.set_ylabel("accuracy")
-    bottom.set_ylim(0, 1.02)
-    bottom.grid(alpha=0.3)
-    bottom.legend(fontsize=6, loc="lower right")
-    bottom.set_xticks(range(len(order)), [f"{e}:{layer}" for e, layer in order], rotation=60, ha="right",
-                      fontsize=8)
-    fig.tight_layout()
-    _save(fig, depth_png, dpi)
-    plt.close(fig)
-
-
-def _save(fig, path, dpi: int) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
-    tmp.replace(path)

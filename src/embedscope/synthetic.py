@@ -6,6 +6,10 @@
   batches.meta}`` (pickled dicts with bytes keys b"data" (N, 3072) uint8, b"labels", b"label_names"), and with
   ``archive=True`` also ``root/cifar-10-python.tar.gz`` holding that folder, as distributed.
 - ``write_imagefolder(root, n_per_class, size)``: ``root/{class}/{i:05d}.png``, an image folder of PNGs.
+- ``write_synthetic_inputs(folder, n_points, maps)``: everything the explorer reads (an image store, t-SNE maps,
+  predictions, an embedding-quality table), written by the formats' owners (:mod:`embedscope.store`,
+  :mod:`embedscope.artifacts`).
+
 Images are a seeded class template plus noise, so that classes are separable but not trivially.
 """
 
@@ -16,9 +20,13 @@ import os
 import pickle
 import struct
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from embedscope.artifacts import EMBEDDING_COLUMNS, write_predictions, write_table, write_tsne
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -107,3 +115,102 @@ def write_imagefolder(root: str | os.PathLike, n_per_class: int = 10, size: tupl
         written.append(write_png(Path(root) / f"class_{label}" / f"{count[label]:05d}.png", image))
         count[label] += 1
     return written
+
+
+# ---- explorer inputs ---------------------------------------------------------------------------------------
+
+
+def ring_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, 28, 28, 1) uint8 digit-like blobs: a ring at a random centre whose radius grows with the label."""
+    yy, xx = np.mgrid[:28, :28]
+    centres = rng.uniform(8, 20, size=(len(labels), 2))
+    radius = 3 + labels[:, None, None] * 0.6
+    dist = np.hypot(yy[None] - centres[:, 0, None, None], xx[None] - centres[:, 1, None, None])
+    return (np.clip(1.5 - np.abs(dist - radius), 0, 1) * 255).astype(np.uint8)[..., None]
+
+
+def synthetic_probabilities(labels: np.ndarray, n_classes: int, wrong_fraction: float,
+                            rng: np.random.Generator) -> np.ndarray:
+    """(n, C) class probabilities whose argmax is wrong for about ``wrong_fraction`` of the points (with a
+    lower confidence than the right ones)."""
+    n = len(labels)
+    wrong = rng.random(n) < wrong_fraction
+    pred = np.where(wrong, (labels + 1 + rng.integers(0, n_classes - 1, n)) % n_classes, labels)
+    prob = np.where(wrong, rng.uniform(0.3, 0.6, n), rng.uniform(0.7, 1.0, n))
+    probs = np.zeros((n, n_classes))
+    probs[np.arange(n), pred] = prob
+    return probs
+
+
+def synthetic_map(labels: np.ndarray, m: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) coordinates of map number ``m``: one noisy cluster per class on a circle, a layout per ``m``."""
+    angle = 2 * np.pi * (labels + m) / n_classes
+    spread = (0.3 + m * 0.05) * 5
+    x = np.cos(angle) * (5 + m) + rng.normal(0, spread, len(labels))
+    y = np.sin(angle) * (5 + m) + rng.normal(0, spread, len(labels))
+    return np.stack([x, y], axis=1)
+
+
+def synthetic_quality_row(extractor: str, layer: str, m: int, n_points: int) -> dict[str, object]:
+    """An embedding-quality row whose numbers tell map ``m`` apart (trustworthiness 0.9 + m / 1000, ...)."""
+    return {"dataset": "synthetic", "extractor": extractor, "layer": layer, "D": 64 * (m + 1), "n": n_points,
+            "trustworthiness": 0.9 + m / 1000, "knn_accuracy_2d": 0.5 + m / 100, "silhouette_features": 0.1 + m / 100,
+            "silhouette_2d": 0.2 + m / 100, "ncc_accuracy": 0.6 + m / 100, "nc1": 3.0 - m / 10}
+
+
+def write_synthetic_inputs(
+    folder: str | os.PathLike,
+    n_points: int,
+    maps: Sequence[tuple[str, str]],
+    images: np.ndarray | None = None,
+    n_classes: int = 10,
+    n_train: int = 0,
+    seed: int = 0,
+    wrong_fraction: float = 0.1,
+) -> dict[str, object]:
+    """Small explorer inputs in the real on-disk formats, for tests and bench/explorer.py.
+
+    Writes ``folder/data.zarr`` (``n_train`` train + ``n_points`` test images; ``images`` uint8 NHWC recycled,
+    else :func:`ring_images`), one t-SNE map per (extractor, layer) at ``folder/tsne/{extractor}/{layer}.csv``
+    over the test split (resnet18_finetuned maps carry pred/prob), ``folder/embedding_quality.csv`` and
+    ``folder/predictions.csv``. Returns the keyword arguments of ``build_explorer`` (without ``output``).
+    """
+    from embedscope.store import write_image_store
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    total = n_train + n_points
+    labels = np.arange(total) % n_classes
+    rng.shuffle(labels)
+    split = np.r_[np.zeros(n_train, np.uint8), np.ones(n_points, np.uint8)]
+    if images is None:
+        images = ring_images(labels, rng)
+    else:
+        images = np.asarray(images, dtype=np.uint8)[np.arange(total) % len(images)]
+    names = [f"class {c}" for c in range(n_classes)]
+    write_image_store(folder / "data.zarr", images, labels, split, names, attrs={"source": "synthetic"})
+
+    index = np.flatnonzero(split == 1)
+    test_labels = labels[index]
+    probs = synthetic_probabilities(test_labels, n_classes, wrong_fraction, rng)
+    losses = -np.log(probs[np.arange(n_points), test_labels] + 1e-6)
+    write_predictions(folder / "predictions.csv", index, test_labels, probs, losses)
+
+    triples, quality = [], []
+    for m, (extractor, layer) in enumerate(maps):
+        xy = synthetic_map(test_labels, m, n_classes, rng)
+        table = pd.DataFrame({"index": index, "x": xy[:, 0], "y": xy[:, 1], "label": test_labels})
+        if extractor == "resnet18_finetuned":
+            table["pred"], table["prob"] = probs.argmax(1), probs.max(1)
+        path = folder / "tsne" / extractor / f"{layer}.csv"
+        write_tsne(path, table)
+        triples.append((extractor, layer, str(path)))
+        quality.append(synthetic_quality_row(extractor, layer, m, n_points))
+    write_table(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS), folder / "embedding_quality.csv")
+    return {
+        "image_store": str(folder / "data.zarr"),
+        "maps": triples,
+        "quality_csv": str(folder / "embedding_quality.csv"),
+        "predictions_csv": str(folder / "predictions.csv"),
+        "dataset": "synthetic",
+    }

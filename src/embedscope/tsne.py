@@ -7,16 +7,16 @@ titles need (N, D, class names, the settings used).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from embedscope.artifacts import ArtifactError, read_predictions, write_tsne
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,22 @@ def passive_openmp_wait() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def checked_input(features: np.ndarray, method: str, neighbors: str) -> np.ndarray:
+    """``features`` as an array, once the settings are known and it is a finite (n >= 4, D) matrix."""
+    if method not in METHODS:
+        raise ValueError(f"config key 'tsne.method' is {method!r}; expected one of {list(METHODS)}")
+    if neighbors not in NEIGHBORS:
+        raise ValueError(f"config key 'tsne.neighbors' is {neighbors!r}; expected one of {list(NEIGHBORS)}")
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (n, D), got shape {features.shape}")
+    if len(features) < 4:
+        raise ValueError(f"t-SNE needs at least 4 points, got {len(features)}")
+    if not np.isfinite(features).all():
+        raise ValueError("features contain NaN or infinite values")
+    return features
+
+
 def embed_tsne(
     features: np.ndarray,
     method: str = "opentsne",
@@ -121,18 +137,8 @@ def embed_tsne(
     scikit-learn's Barnes-Hut TSNE with PCA initialisation. Layers wider than ``pca_components`` are
     reduced with PCA first (0 = never). Same inputs and seed give identical coordinates.
     """
-    if method not in METHODS:
-        raise ValueError(f"config key 'tsne.method' is {method!r}; expected one of {list(METHODS)}")
-    if neighbors not in NEIGHBORS:
-        raise ValueError(f"config key 'tsne.neighbors' is {neighbors!r}; expected one of {list(NEIGHBORS)}")
-    features = np.asarray(features)
-    if features.ndim != 2:
-        raise ValueError(f"features must be 2-D (n, D), got shape {features.shape}")
+    features = checked_input(features, method, neighbors)
     n = len(features)
-    if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 points, got {n}")
-    if not np.isfinite(features).all():
-        raise ValueError("features contain NaN or infinite values")
     passive_openmp_wait()
     x = reduce_pca(features, pca_components, seed)
     perplexity = effective_perplexity(perplexity, n)
@@ -166,37 +172,40 @@ def embed_tsne(
     return np.asarray(tsne.fit_transform(x), dtype=np.float64)
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def join_predictions(table: pd.DataFrame, predictions: str | os.PathLike) -> pd.DataFrame:
     """Add ``pred`` and ``prob`` from predictions.csv, matched on the sample ``index``."""
-    preds = pd.read_csv(predictions)
-    missing_columns = {"index", "label", "pred", "prob"} - set(preds.columns)
-    if missing_columns:
-        raise ValueError(f"{predictions} lacks columns {sorted(missing_columns)} (expected index, label, pred, prob)")
-    preds = preds.set_index("index")
+    preds = read_predictions(predictions).set_index("index")
     absent = ~table["index"].isin(preds.index)
     if absent.any():
-        raise ValueError(
-            f"{predictions} has no prediction for {int(absent.sum())} t-SNE points "
+        raise ArtifactError(
+            f"predictions {predictions} has no prediction for {int(absent.sum())} t-SNE points "
             f"(first sample index {int(table['index'][absent].iloc[0])}); was it written for this image store?"
         )
     rows = preds.loc[table["index"].to_numpy()]
     if not np.array_equal(rows["label"].to_numpy(), table["label"].to_numpy()):
-        raise ValueError(f"{predictions}: labels disagree with the feature store for the same sample index")
+        raise ArtifactError(f"predictions {predictions}: labels disagree with the feature store for the same sample "
+                            "index")
     table = table.copy()
     table["pred"] = rows["pred"].to_numpy().astype(np.int64)
     table["prob"] = rows["prob"].to_numpy().astype(np.float64)
     return table
+
+
+def map_meta(data, layer: str, n: int, settings: Mapping[str, Any], info: Mapping[str, Any] | None) -> dict:
+    """The sidecar of a map: ``info``, the layer, N of the map and of the test split, D before and after the
+    PCA step, the settings, and the store's class names and weights (what the figures' titles say)."""
+    dim = int(data.features.shape[1])
+    return {
+        **dict(info or {}),
+        "layer": layer,
+        "n": int(n),
+        "n_test": int(len(data.labels)),
+        "dim": dim,
+        "dim_tsne_input": tsne_input_dim(n, dim, settings["pca_components"]),
+        **settings,
+        "class_names": [str(c) for c in data.attrs.get("class_names", [])],
+        "weights": data.attrs.get("weights"),
+    }
 
 
 def run_tsne(
@@ -220,7 +229,7 @@ def run_tsne(
     """t-SNE of one feature-store layer's test split -> results/tsne/{dataset}/{extractor}/{layer}.csv.
 
     ``predictions`` (predictions.csv of the fine-tuned model) adds ``pred`` and ``prob`` columns. The csv
-    and the JSON sidecar ``output_meta`` (N, D, class names, settings, ``info``) are written atomically.
+    and its JSON sidecar ``output_meta`` (:func:`map_meta`) are written by :func:`embedscope.artifacts.write_tsne`.
     """
     from embedscope.store import load_features
 
@@ -244,26 +253,8 @@ def run_tsne(
     })
     if predictions is not None:
         table = join_predictions(table, predictions)
-    dim = int(features.shape[1])
-    meta = {
-        **dict(info or {}),
-        "layer": layer,
-        "n": int(len(table)),
-        "n_test": int(len(data.labels)),
-        "dim": dim,
-        "dim_tsne_input": tsne_input_dim(len(table), dim, pca_components),
-        "method": method,
-        "perplexity": float(perplexity),
-        "pca_components": int(pca_components),
-        "n_iter": int(n_iter),
-        "ints_in_interval": float(ints_in_interval),
-        "neighbors": neighbors,
-        "seed": int(seed),
-        "max_points": max_points,
-        "class_names": [str(c) for c in data.attrs.get("class_names", [])],
-        "weights": data.attrs.get("weights"),
-    }
-    if output_meta is not None:
-        _atomic_write_text(output_meta, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    _atomic_write_text(output_csv, table.to_csv(index=False, float_format="%.6f"))
+    settings = {"method": method, "perplexity": float(perplexity), "pca_components": int(pca_components),
+                "n_iter": int(n_iter), "ints_in_interval": float(ints_in_interval), "neighbors": neighbors,
+                "seed": int(seed), "max_points": max_points}
+    write_tsne(output_csv, table, output_meta, map_meta(data, layer, len(table), settings, info))
     return table
