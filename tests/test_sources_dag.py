@@ -25,7 +25,7 @@ SCATTERING_D = 3 * 81 * 8 * 8  # per channel: 1 + J*L + L^2*J(J-1)/2 = 81 maps o
 # On a hundred images threads buy nothing, and a rule asking for more than one runs alone on 2 cores: one thread
 # each lets two of the ~70 short jobs (most of their time is Python and torch starting) run side by side.
 ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in (
-    "extract_features", "finetune_resnet18", "extract_finetuned_features", "embed_tsne", "evaluate_classifiers",
+    "extract_features", "finetune_resnet18", "embed_tsne", "evaluate_classifiers",
     "evaluate_embeddings"))]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

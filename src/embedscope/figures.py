@@ -347,7 +347,7 @@ def load_body(extractor: str, weights: str = "random", resources: str | os.PathL
     if extractor == "resnet18_finetuned":
         if model_path is None:
             raise ValueError("activations of resnet18_finetuned need the checkpoint path (model_path)")
-        from embedscope.finetune import load_finetuned
+        from embedscope.checkpoint import load_finetuned
 
         model, _ = load_finetuned(model_path)
         return model.body.eval()

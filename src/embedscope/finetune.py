@@ -28,7 +28,6 @@ from torch import nn
 
 from embedscope.artifacts import write_predictions, write_training_log
 from embedscope.checkpoint import default_resume_path, load_resume, remove_resume, save_checkpoint, save_resume
-from embedscope.checkpoint import load_finetuned as load_finetuned  # re-exported: embedscope.figures imports it here
 from embedscope.layers import BODY_LAYERS, LR_GROUP_NAMES
 from embedscope.resnet import FinetunedResNet18, FinetuneError, preprocess
 from embedscope.runtime import progress
