@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYERS  # noqa: E402
 from embedscope.configcheck import check_config  # noqa: E402
+from embedscope.gpus import candidate_devices  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
 from embedscope.footprint import baseline_resources, dataset_extent, ingest_resources  # noqa: E402
 from embedscope.sources import list_imagefolder  # noqa: E402
@@ -64,18 +65,14 @@ def layers_of(extractor):
 
 
 def uses_cuda():
-    """Whether torch jobs will run on CUDA: decides the `gpu=1` resource of GPU-capable rules."""
-    device = config.get("device", "auto")
-    if device == "cuda":
-        return True
-    if device == "cpu":
-        return False
-    try:
-        import torch
+    """Whether torch jobs will run on CUDA: decides the `gpu=1` resource of GPU-capable rules.
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    `device: auto` asks the NVIDIA driver (no torch import while the DAG is built): a GPU visible here.
+    """
+    device = config.get("device", "auto")
+    if device in ("cuda", "cpu"):
+        return device == "cuda"
+    return bool(candidate_devices())
 
 
 GPU = 1 if uses_cuda() else 0

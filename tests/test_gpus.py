@@ -61,7 +61,7 @@ def test_two_jobs_get_different_devices(tmp_path):
     second, device_b = job()
     assert (device_a, device_b) == ("0", "1")
     assert first["CUDA_VISIBLE_DEVICES"] == "0" and second["CUDA_VISIBLE_DEVICES"] == "1"
-    with pytest.raises(TimeoutError, match="no free GPU"):
+    with pytest.raises(TimeoutError, match=r"no 1 free GPU\(s\) among \[.0., .1.\] after 0 s .*0: pid \d+, 1: pid \d+"):
         job(timeout=0.2, poll_seconds=0.05)
     gpus.release_gpus(["0"])
     assert job()[1] == "0"  # a released device is free again
@@ -140,7 +140,7 @@ START_JOB = textwrap.dedent(
     from types import SimpleNamespace
     import torch  # noqa: F401  (a torch stage's module is imported before start_job, as in the scripts)
     from embedscope import runtime
-    job = SimpleNamespace(params=SimpleNamespace(device="auto"), config={"seed": 0}, threads=1, rule="r",
+    job = SimpleNamespace(params=SimpleNamespace(device=sys.argv[2]), config={"seed": 0}, threads=1, rule="r",
                           resources=SimpleNamespace(gpu=int(sys.argv[1])))
     device = runtime.start_job(job)
     print(os.environ.get("CUDA_VISIBLE_DEVICES"), device)
@@ -148,17 +148,87 @@ START_JOB = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("gpu, expected", [(1, "6"), (0, "6,7")])
-def test_start_job_pins_the_device_of_a_gpu_job(tmp_path, gpu, expected):
-    """runtime.start_job locks a device for a job with gpu=1 before torch looks for CUDA; others are untouched."""
+def start_job(tmp_path, gpu: int, device: str = "auto"):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "6,7", gpus.LOCK_ENV: str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("SLURM_JOB_ID", None)
-    out = subprocess.run([sys.executable, "-c", START_JOB, str(gpu)], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", START_JOB, str(gpu), device], env=env, capture_output=True,
+                          text=True)
+
+
+def test_start_job_leaves_a_job_without_gpus_alone(tmp_path):
+    out = start_job(tmp_path, gpu=0)
     assert out.returncode == 0, out.stderr
-    visible, device = out.stdout.split()
-    assert visible == expected
-    if gpu:
-        assert "using GPU(s) CUDA_VISIBLE_DEVICES=6" in out.stderr
-        assert (tmp_path / "gpu6.lock").exists()
-    if not (tmp_path / "gpu6.lock").exists():
-        assert list(tmp_path.iterdir()) == []
+    assert out.stdout.split() == ["6,7", "cpu"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_given_a_gpu_it_cannot_use_fails_at_once(tmp_path):
+    """gpu=1 and no usable CUDA (this machine): the device is locked first, then the job stops, saying what
+    torch sees, instead of running for hours on CPU."""
+    out = start_job(tmp_path, gpu=1)
+    assert out.returncode != 0
+    assert "using GPU(s) CUDA_VISIBLE_DEVICES=6" in out.stderr
+    assert "this job was given 1 GPU(s) (the gpu resource or a SLURM allocation) but torch sees no usable CUDA " \
+           "device: torch 2.14.1" in out.stderr
+    assert "torch.cuda.is_available() = False" in out.stderr and "Set 'device: cpu' to run on CPU." in out.stderr
+    assert (tmp_path / "gpu6.lock").exists()
+
+
+def test_device_cpu_runs_on_cpu_even_when_given_a_gpu(tmp_path):
+    out = start_job(tmp_path, gpu=1, device="cpu")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["6,7", "cpu"]
+    assert "was given 1 GPU(s) but config key 'device' is 'cpu': running on CPU" in out.stderr
+
+
+def test_device_cuda_without_a_gpu_names_what_torch_sees(tmp_path):
+    out = start_job(tmp_path, gpu=0, device="cuda")
+    assert out.returncode != 0
+    assert "config key 'device' is 'cuda' but torch sees no usable CUDA device: torch 2.14.1" in out.stderr
+
+
+NVIDIA_SMI_L = """GPU 0: NVIDIA H200 (UUID: GPU-5f1c2a3b-0d4e-4f6a-8b9c-0123456789ab)
+GPU 1: NVIDIA H200 (UUID: GPU-aa11bb22-cc33-dd44-ee55-ff6677889900)
+"""
+UUIDS = {"0": "GPU-5f1c2a3b-0d4e-4f6a-8b9c-0123456789ab", "1": "GPU-aa11bb22-cc33-dd44-ee55-ff6677889900"}
+
+
+def test_device_uuids_from_nvidia_smi():
+    assert gpus.parse_device_uuids(NVIDIA_SMI_L) == UUIDS
+    assert gpus.parse_device_uuids("") == {}
+
+
+def test_a_card_named_by_index_and_by_uuid_is_one_lock(tmp_path):
+    uuids = UUIDS
+    assert gpus.acquire_gpu(1, environ={"CUDA_VISIBLE_DEVICES": "0"}, uuids=uuids, folder=tmp_path) == "0"
+    held = dict(gpus._held)
+    gpus._held.clear()  # a second job: same card, named by UUID
+    try:
+        with pytest.raises(TimeoutError, match=r"no 1 free GPU\(s\) among \['GPU-5f1c.*pid \d+"):
+            gpus.acquire_gpu(1, environ={"CUDA_VISIBLE_DEVICES": UUIDS["0"]}, uuids=uuids, folder=tmp_path,
+                             timeout=0.2, poll_seconds=0.05)
+    finally:
+        gpus._held.update(held)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{UUIDS['0']}.lock"]
+
+
+def test_a_multi_gpu_job_holds_nothing_while_it_waits(tmp_path):
+    """No hold-and-wait: a job that needs two devices and finds one free does not keep that one while waiting."""
+    assert gpus.acquire_gpu(1, environ={}, n_devices=2, uuids={}, folder=tmp_path) == "0"
+    held = dict(gpus._held)
+    gpus._held.clear()
+    try:
+        with pytest.raises(TimeoutError, match="no 2 free GPU"):
+            gpus.acquire_gpu(2, environ={}, n_devices=2, uuids={}, folder=tmp_path, timeout=0.2, poll_seconds=0.05)
+        assert gpus._held == {}
+        assert gpus.acquire_gpu(1, environ={}, n_devices=2, uuids={}, folder=tmp_path) == "1"  # "1" is free
+    finally:
+        gpus.release_gpus()
+        gpus._held.update(held)
+
+
+def test_slurm_gpu_allocation_is_counted():
+    assert gpus.slurm_gpus({"SLURM_JOB_ID": "5", "SLURM_GPUS_ON_NODE": "2"}) == 2
+    assert gpus.slurm_gpus({"SLURM_JOB_ID": "5", "SLURM_JOB_GPUS": "0,3"}) == 2
+    assert gpus.slurm_gpus({"SLURM_JOB_ID": "5"}) == 0
+    assert gpus.slurm_gpus({"SLURM_GPUS_ON_NODE": "2"}) == 0  # not in a SLURM job

@@ -3,10 +3,13 @@
 - Under SLURM (``SLURM_JOB_ID`` set) with ``CUDA_VISIBLE_DEVICES`` already set, SLURM has bound the job to its
   GPUs: use them as they are.
 - Otherwise (a workstation with several GPUs, ``snakemake --resources gpu=4``) a job that asks for ``n`` GPUs
-  takes an exclusive ``fcntl.flock`` on one lock file per device (``<lock folder>/gpu<id>.lock``) for ``n`` free
-  devices, and sets ``CUDA_VISIBLE_DEVICES`` to them before torch initialises CUDA. The locks are held by open
-  file descriptors for the life of the job's process and vanish with it (also on a crash). When every device is
-  taken the job waits for one to become free.
+  takes an exclusive ``fcntl.flock`` on one lock file per device for ``n`` free devices, and sets
+  ``CUDA_VISIBLE_DEVICES`` to them before torch initialises CUDA. A device's lock file is named by its UUID when
+  ``nvidia-smi -L`` tells it (``<lock folder>/GPU-<uuid>.lock``), so a card named by index in one job and by UUID
+  in another is still one lock; else by the id (``gpu<id>.lock``). The locks are held by open file descriptors
+  for the life of the job's process and vanish with it (also on a crash). A job takes all its ``n`` devices at
+  once or none (no hold-and-wait: two multi-GPU jobs can never each hold half of what the other waits for); when
+  too few are free it waits, at most ``timeout`` seconds, then fails naming the holders.
 - No GPU (or a job that asks for none): nothing happens.
 
 The lock folder is ``$EMBEDSCOPE_GPU_LOCKS`` if set, else ``results/.gpu_locks`` under the job's working
@@ -19,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -43,16 +47,34 @@ def _parse_visible(value: str) -> list[str]:
     return valid
 
 
+def _nvidia_smi_list() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def count_devices() -> int:
     """NVIDIA GPUs on this machine, counted without initialising CUDA (which would freeze the device list)."""
     proc = Path("/proc/driver/nvidia/gpus")
     if proc.is_dir():
         return sum(1 for _ in proc.iterdir())
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return len(parse_device_uuids(_nvidia_smi_list()))
+
+
+_GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[0-9A-Fa-f-]+)\)")
+
+
+def parse_device_uuids(listing: str) -> dict[str, str]:
+    """Device index -> UUID from ``nvidia-smi -L`` output (``GPU 0: NVIDIA H200 (UUID: GPU-5f1c...)``)."""
+    found = (_GPU_LINE.match(line.strip()) for line in listing.splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def lock_name(device: str, uuids: dict[str, str]) -> str:
+    """The lock file of a CUDA_VISIBLE_DEVICES entry: by UUID when known (index or UUID alike), else by id."""
+    key = uuids.get(device, device)
+    return f"{key}.lock" if key.startswith(("GPU-", "MIG-")) else f"gpu{key}.lock"
 
 
 def candidate_devices(environ=None, n_devices: int | None = None) -> list[str]:
@@ -69,8 +91,8 @@ def lock_dir(environ=None) -> Path:
     return Path(environ.get(LOCK_ENV) or DEFAULT_LOCK_DIR)
 
 
-def _try_lock(folder: Path, device: str):
-    handle = open(folder / f"gpu{device}.lock", "a+")  # noqa: SIM115 - held open on purpose
+def _try_lock(path: Path):
+    handle = open(path, "a+")  # noqa: SIM115 - held open on purpose
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,11 +105,38 @@ def _try_lock(folder: Path, device: str):
     return handle
 
 
+def _holders(root: Path, devices, uuids) -> str:
+    """'device: pid N' of each lock file, for the timeout message."""
+    parts = []
+    for device in devices:
+        path = root / lock_name(device, uuids)
+        text = path.read_text().strip() if path.is_file() else ""
+        parts.append(f"{device}: {text or 'free'}")
+    return ", ".join(parts)
+
+
+def _lock_all(root: Path, devices, n: int, uuids) -> list[str] | None:
+    """Lock ``n`` free devices in one attempt, or none: what this attempt took is released when short."""
+    taken = []
+    for device in devices:
+        if len(taken) == n:
+            break
+        handle = _try_lock(root / lock_name(device, uuids))
+        if handle is not None:
+            _held[device] = handle
+            taken.append(device)
+    if len(taken) < n:
+        release_gpus(taken)
+        return None
+    return taken
+
+
 def acquire_gpu(
     n: int = 1,
     *,
     environ=None,
     n_devices: int | None = None,
+    uuids: dict[str, str] | None = None,
     folder: str | os.PathLike | None = None,
     poll_seconds: float = 2.0,
     timeout: float | None = None,
@@ -95,19 +144,17 @@ def acquire_gpu(
     """Give this process ``n`` GPUs of its own; returns the CUDA_VISIBLE_DEVICES it set (None: nothing done).
 
     Call it before anything initialises CUDA (``torch.cuda.is_available()`` does). ``environ`` (default
-    ``os.environ``, which is updated), ``n_devices`` (default: counted) and ``folder`` are for tests.
-    ``timeout`` (seconds, None = wait for ever) bounds the wait for a free device; then TimeoutError.
+    ``os.environ``, which is updated), ``n_devices`` and ``uuids`` (default: asked of the driver) and ``folder``
+    are for tests. ``timeout`` (seconds, None = wait for ever) bounds the wait for free devices; then
+    TimeoutError naming the devices' holders.
     """
     environ = os.environ if environ is None else environ
     n = int(n or 0)
     if n <= 0:
         return None
     if "SLURM_JOB_ID" in environ and "CUDA_VISIBLE_DEVICES" in environ:
-        log.info(
-            "SLURM job %s: using CUDA_VISIBLE_DEVICES=%s as set by SLURM",
-            environ["SLURM_JOB_ID"],
-            environ["CUDA_VISIBLE_DEVICES"],
-        )
+        log.info("SLURM job %s: using CUDA_VISIBLE_DEVICES=%s as set by SLURM", environ["SLURM_JOB_ID"],
+                 environ["CUDA_VISIBLE_DEVICES"])
         return environ["CUDA_VISIBLE_DEVICES"]
     devices = candidate_devices(environ, n_devices)
     if not devices:
@@ -115,34 +162,23 @@ def acquire_gpu(
         return None
     if n > len(devices):
         raise RuntimeError(f"the job asks for gpu={n} but this machine shows {len(devices)} GPU(s): {devices}")
-    already = [d for d in devices if d in _held]
-    if len(already) >= n:
-        chosen = already[:n]
-    else:
+    chosen = [d for d in devices if d in _held][:n]
+    if len(chosen) < n:
+        uuids = parse_device_uuids(_nvidia_smi_list()) if uuids is None else uuids
         root = Path(folder) if folder is not None else lock_dir(environ)
         root.mkdir(parents=True, exist_ok=True)
-        chosen = list(already)
         start = time.monotonic()
-        warned = False
-        while True:
-            for device in devices:
-                if len(chosen) == n:
-                    break
-                if device in chosen:
-                    continue
-                handle = _try_lock(root, device)
-                if handle is not None:
-                    _held[device] = handle
-                    chosen.append(device)
-            if len(chosen) == n:
-                break
-            waited = time.monotonic() - start
-            if timeout is not None and waited >= timeout:
-                release_gpus([d for d in chosen if d not in already])
-                raise TimeoutError(f"no free GPU among {devices} after {waited:.0f} s (locks in {root})")
-            if not warned:
-                log.info("all GPUs %s are taken by other jobs (locks in %s); waiting", devices, root)
-                warned = True
+        next_note = start
+        while (chosen := _lock_all(root, devices, n, uuids)) is None:
+            now = time.monotonic()
+            if timeout is not None and now - start >= timeout:
+                raise TimeoutError(
+                    f"no {n} free GPU(s) among {devices} after {now - start:.0f} s (locks in {root}; "
+                    f"{_holders(root, devices, uuids)}): other jobs hold them. Wait for them, or raise the "
+                    "config key gpu_lock_timeout")
+            if now >= next_note:  # say so at once, then every ten minutes
+                log.info("GPUs %s are taken by other jobs (%s); waiting", devices, _holders(root, devices, uuids))
+                next_note = now + 600
             time.sleep(poll_seconds)
     value = ",".join(chosen)
     environ["CUDA_VISIBLE_DEVICES"] = value
@@ -165,3 +201,14 @@ def job_gpus(snakemake) -> int:
         return int(getattr(resources, "gpu", 0) or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def slurm_gpus(environ=None) -> int:
+    """GPUs SLURM allocated to this job (``SLURM_GPUS_ON_NODE``, else ``SLURM_JOB_GPUS``); 0 outside SLURM."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in environ:
+        return 0
+    on_node = environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    if on_node.isdigit():
+        return int(on_node)
+    return len([g for g in environ.get("SLURM_JOB_GPUS", "").split(",") if g.strip()])

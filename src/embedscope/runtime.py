@@ -43,17 +43,42 @@ def seed_everything(seed: int, deterministic: bool = True, device: str = "cpu") 
         torch.backends.cudnn.deterministic = True
 
 
-def resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+def cuda_report() -> str:
+    """What torch sees of CUDA, for an error that must say why a GPU cannot be used."""
+    import torch
+
+    from embedscope.gpus import count_devices
+
+    build = torch.version.cuda or "none (a CPU-only build of torch)"
+    return (f"torch {torch.__version__}, CUDA build {build}, torch.cuda.is_available() = "
+            f"{torch.cuda.is_available()}, torch.cuda.device_count() = {torch.cuda.device_count()}, "
+            f"CUDA_VISIBLE_DEVICES = {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, NVIDIA devices known to "
+            f"the driver: {count_devices()}")
+
+
+def resolve_device(requested: str, gpus_given: int = 0) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    A job that asked for CUDA (``device: cuda``) or was given GPUs (the ``gpu`` resource, or a SLURM GPU
+    allocation) and cannot use one fails at once, saying what torch sees: silently training on CPU instead
+    would take hours of a GPU allocation. ``device: cpu`` with GPUs given runs on CPU, with a warning.
+    """
     import torch
 
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"config key 'device' is {requested!r}; expected auto, cpu or cuda")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device' is 'cuda' but torch sees no CUDA device (CUDA_VISIBLE_DEVICES?)")
-    return requested
+    if requested == "cpu":
+        if gpus_given:
+            log.warning("this job was given %d GPU(s) but config key 'device' is 'cpu': running on CPU", gpus_given)
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise RuntimeError(f"config key 'device' is 'cuda' but torch sees no usable CUDA device: {cuda_report()}")
+    if gpus_given:
+        raise RuntimeError(f"this job was given {gpus_given} GPU(s) (the gpu resource or a SLURM allocation) but "
+                           f"torch sees no usable CUDA device: {cuda_report()}. Set 'device: cpu' to run on CPU.")
+    return "cpu"
 
 
 def set_threads(threads: int) -> None:
@@ -62,6 +87,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+GPU_LOCK_TIMEOUT = 86400  # seconds a GPU job waits for a free device (config key gpu_lock_timeout)
 JOB_SUMMARY = "job summary:"  # the prefix of the last line of every job's log (see log_job_summary)
 
 
@@ -114,12 +140,13 @@ def start_job(snakemake, seed: int | None = None, deterministic: bool | None = N
         return "cpu"
     set_threads(threads)
     requested = str(getattr(params, "device", None) or config.get("device", "auto"))
+    from embedscope.gpus import acquire_gpu, job_gpus, slurm_gpus
+
+    gpus_given = max(job_gpus(snakemake), slurm_gpus())
     if requested != "cpu":
         # A job with the `gpu` resource gets its own device(s) before torch initialises CUDA (embedscope.gpus).
-        from embedscope.gpus import acquire_gpu, job_gpus
-
-        acquire_gpu(job_gpus(snakemake))
-    device = resolve_device(requested)
+        acquire_gpu(job_gpus(snakemake), timeout=config.get("gpu_lock_timeout", GPU_LOCK_TIMEOUT))
+    device = resolve_device(requested, gpus_given)
     seed_everything(int(seed), bool(deterministic), device)
     log.info("rule %s: threads=%s device=%s seed=%s", snakemake.rule, threads, device, seed)
     return device
