@@ -26,9 +26,21 @@ from embedscope.store import package_versions
 log = logging.getLogger(__name__)
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples: optimizer and scaler states) detached and moved to
+    the CPU, so a file written by a CUDA run loads with ``weights_only=True`` on a machine without a GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def _save(obj: Mapping[str, Any], path: str | Path) -> None:
     with atomic_write(path, suffix=".pt") as tmp:
-        torch.save(dict(obj), tmp)
+        torch.save(on_cpu(dict(obj)), tmp)
 
 
 # ---- the checkpoint ------------------------------------------------------------------------------------------
@@ -47,7 +59,7 @@ def save_checkpoint(
     """The trained model with what made it: ``training`` holds the last optimizer/scheduler/scaler states and
     (stage, epoch); ``result`` the final test accuracy and loss."""
     checkpoint = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": model.state_dict(),
         **{key: training[key] for key in ("optimizer", "scheduler", "scaler")},
         "class_names": list(class_names),
         "n_classes": len(class_names),
