@@ -39,3 +39,16 @@ def test_job_summary_reports_the_high_water_mark_not_the_memory_at_exit():
 def test_job_within_its_declaration_is_not_flagged():
     line = run_job(mem_mb=100_000)
     assert " INFO " in line and " WARNING " not in line
+
+
+def test_compute_environment_says_where_a_cpu_result_was_made():
+    import torch
+
+    from embedscope.runtime import compute_environment
+
+    env = compute_environment("cpu", "fp32")
+    assert env["device"] == "cpu" and env["precision"] == "fp32" and env["torch"] == torch.__version__
+    assert env["cuda"] is env["cudnn"] is env["tf32_matmul"] is env["cudnn_benchmark"] is None  # no CUDA involved
+    assert env["threads"] == torch.get_num_threads() and isinstance(env["device_name"], str) and env["device_name"]
+    assert set(env) == {"device", "device_name", "precision", "torch", "cuda", "cudnn", "tf32_matmul", "tf32_cudnn",
+                        "cudnn_benchmark", "cudnn_deterministic", "deterministic_algorithms", "threads"}

@@ -81,6 +81,32 @@ def resolve_device(requested: str, gpus_given: int = 0) -> str:
     return "cpu"
 
 
+def compute_environment(device: str, precision: str = "fp32") -> dict[str, object]:
+    """Where and how a result was computed, for the attributes of every store and checkpoint torch writes:
+    device (and its name), the precision of the pass that made the stored values, torch/CUDA/cuDNN versions,
+    TF32 and cuDNN switches, deterministic algorithms and CPU threads. CPU and GPU results differ in their last
+    bits; these attributes tell them apart."""
+    import platform
+
+    import torch
+
+    cuda = device.startswith("cuda")
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
+        "precision": precision,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic) if cuda else None,
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        "threads": int(torch.get_num_threads()),
+    }
+
+
 def set_threads(threads: int) -> None:
     import torch
 
