@@ -2,8 +2,9 @@
 # fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures.
 
 # The metrics settings each table reads, so that a setting reruns only the table it changes.
-CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k != "trustworthiness_k"}
-EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in ("knn_k", "trustworthiness_k")}
+EMBEDDING_KEYS = ("knn_k", "trustworthiness_k", "max_quality_points")
+CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k not in EMBEDDING_KEYS[1:]}
+EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in EMBEDDING_KEYS}
 
 
 rule evaluate_classifiers:
@@ -50,6 +51,7 @@ rule evaluate_embeddings:
     params:
         extractors=EXTRACTORS,
         metrics=EMBEDDING_SETTINGS,
+        seed=config["seed"],
         weights=config["resnet18"]["weights"],
     log:
         f"{LOGS}/metrics/{{dataset}}/embedding_quality.log",
