@@ -17,6 +17,7 @@ rule build_explorer:
         html=report_entry(EXPLORER, "explorer", "Explorer", figure="explorer"),
     params:
         maps=EXPLORER_MAPS,
+        trustworthiness_k=config["metrics"]["trustworthiness_k"],
     log:
         f"{LOGS}/explorer/{{dataset}}.log",
     benchmark:
