@@ -24,8 +24,8 @@ rule build_explorer:
         f"{BENCHMARKS}/explorer/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=lambda w: explorer_size(w)["mem_mb"],
+        runtime=lambda w: explorer_size(w)["runtime"],
     conda:
         ENV
     script:

@@ -27,8 +27,8 @@ rule evaluate_classifiers:
         f"{BENCHMARKS}/metrics/{{dataset}}/classifiers.tsv"
     threads: 4
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=lambda w, threads: classifier_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: classifier_size(w, threads)["runtime"],
     conda:
         ENV
     script:
@@ -59,8 +59,8 @@ rule evaluate_embeddings:
         f"{BENCHMARKS}/metrics/{{dataset}}/embedding_quality.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=30,
+        mem_mb=lambda w, threads: embedding_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: embedding_size(w, threads)["runtime"],
     conda:
         ENV
     script:
