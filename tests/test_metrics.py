@@ -406,3 +406,15 @@ def test_feature_sets_stream_and_score_as_in_memory(tiny_run):
         assert {k: row[k] for k in ("accuracy", "macro_f1")} == {
             k: v for k, v in metrics.macro_scores(data.labels[test], pred, 3).items() if k in ("accuracy", "macro_f1")}
     assert [s[:2] for s in sets] == [("scattering", "scattering")]
+
+
+def test_a_feature_set_is_dropped_before_the_next_is_read(tiny_run):
+    import weakref
+
+    r = tiny_run
+    sets = metrics.feature_sets(r["data"], r["extractors"], r["stores"])
+    alive = []
+    for _, _, x_train, _, x_test, _ in sets:
+        assert all(ref() is None for ref in alive)  # the previous set's arrays are gone already
+        alive = [weakref.ref(x_train), weakref.ref(x_test), weakref.ref(x_train.base)]
+        del x_train, x_test

@@ -456,16 +456,21 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
     data = read_image_index(image_store)
     n_classes = len(data.class_names)
     rows = []
+    n_sets = 1 + sum(len(EXTRACTOR_LAYERS[e]) for e in extractors)
+    # a bar updated by hand: one wrapping the generator would keep the previous set alive while the next loads
+    bar = progress(total=n_sets, desc="feature sets")
     with threadpool_limits(limits=max(1, int(threads))):
-        sets = feature_sets(image_store, extractors, feature_stores)
-        for features, layer, x_train, y_train, x_test, y_test in progress(sets, desc="feature sets"):
+        for features, layer, x_train, y_train, x_test, y_test in feature_sets(image_store, extractors,
+                                                                              feature_stores):
             log.info("%s/%s: %d x %d train values", features, layer, *x_train.shape)
             width = int(x_train.shape[1])
             scores = score_feature_set(x_train, y_train, x_test, y_test, n_classes, settings, seed, threads)
             del x_train, x_test  # before the next set is read
+            bar.update()
             for name, values in scores.items():
                 rows.append({"dataset": dataset, "features": features, "layer": layer, "D": width,
                              "classifier": name, **values})
+        bar.close()
         if baseline_csv is not None:
             rows += baseline_rows(image_store, baseline_csv, dataset, n_classes)
         if predictions_csv is not None:
