@@ -201,28 +201,3 @@ def test_index_rows_and_pixels_without_the_whole_store(tmp_path, monkeypatch):
     assert pixels.dtype == np.float32
     assert np.array_equal(pixels, images[train].astype(np.float32).reshape(len(train), -1) / 255.0)
     assert np.array_equal(pixel_labels, labels[train])
-
-
-def test_widen_in_place_reuses_the_buffer(tmp_path, monkeypatch):
-    from embedscope import store
-
-    rng = np.random.default_rng(1)
-    values = rng.normal(size=(37, 5)).astype(np.float32)
-    narrow = store.widenable_float32(37, 5)
-    narrow[...] = values
-    wide = store.widen_in_place(narrow, block_bytes=8 * 5 * 4)  # blocks of 4 rows
-    assert wide.dtype == np.float64 and np.shares_memory(wide, narrow)
-    assert np.array_equal(wide, values.astype(np.float64))
-    plain = values.copy()
-    other = store.widen_in_place(plain)  # not widenable: an ordinary new float64 array, the input untouched
-    assert not np.shares_memory(other, plain) and np.array_equal(other, values) and np.array_equal(plain, values)
-    # a split read into a widenable array holds what load_features reads
-    monkeypatch.setattr(store, "CHUNK_BYTES", 4 * 5 * 3)  # 3 rows per chunk
-    labels, split = np.arange(37) % 3, (np.arange(37) % 4 == 0).astype(np.uint8)
-    with store.FeatureStoreWriter(tmp_path / "f.zarr", labels, split, np.arange(37)) as writer:
-        writer.write("layer", 0, values)
-    for name in ("train", "test"):
-        got, expected = store.widenable_features(tmp_path / "f.zarr", "layer", name), load_features(
-            tmp_path / "f.zarr", "layer", name)
-        assert np.array_equal(got.features, expected.features) and np.array_equal(got.labels, expected.labels)
-        assert np.array_equal(got.index, expected.index) and got.features.base is not None

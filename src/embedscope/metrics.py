@@ -35,14 +35,7 @@ from embedscope.artifacts import (
 )
 from embedscope.baseline import streamed_baseline
 from embedscope.layers import EXTRACTOR_LAYERS
-from embedscope.store import (
-    StoreError,
-    load_features,
-    pixel_rows,
-    read_image_index,
-    widen_in_place,
-    widenable_features,
-)
+from embedscope.store import StoreError, load_features, pixel_rows, read_image_index
 
 log = logging.getLogger("embedscope.metrics")
 
@@ -85,30 +78,9 @@ def macro_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict
             "macro_recall": float(recall), "macro_f1": float(f1)}
 
 
-class InPlaceLogreg:
-    """``make_pipeline(StandardScaler(), LogisticRegression(...))`` without its copies: the scaler standardises
-    the float32 arrays it is given in place, and the standardised train split is widened to float64 over its
-    own buffer (:func:`embedscope.store.widen_in_place`) where it has room, which is the very float64 array
-    lbfgs would otherwise copy it into. Same fit, same predictions; the arrays given are overwritten."""
-
-    def __init__(self, logreg):
-        from sklearn.preprocessing import StandardScaler
-
-        self.scaler = StandardScaler(copy=False)
-        self.logreg = logreg
-
-    def fit(self, x, y):
-        self.scaler.fit(x)
-        self.logreg.fit(widen_in_place(self.scaler.transform(x)), y)
-        return self
-
-    def predict(self, x):
-        return self.logreg.predict(self.scaler.transform(x))
-
-
 def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: int, in_place: bool = False):
-    """An unfitted scikit-learn estimator for one of CLASSIFIERS; ``in_place``: logreg is an
-    :class:`InPlaceLogreg`, which overwrites the arrays it is given instead of copying them."""
+    """An unfitted scikit-learn estimator for one of CLASSIFIERS; ``in_place``: logreg's StandardScaler
+    overwrites the arrays it is given (fit and predict) instead of copying them."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -118,8 +90,8 @@ def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: 
     settings = _settings(settings)
     if name == "logreg":
         # lbfgs, multinomial; bounded iterations keep the widest layer (3,969 scattering values) to seconds.
-        logreg = LogisticRegression(max_iter=int(settings["logreg_max_iter"]), random_state=seed)
-        return InPlaceLogreg(logreg) if in_place else make_pipeline(StandardScaler(), logreg)
+        return make_pipeline(StandardScaler(copy=not in_place), LogisticRegression(
+            max_iter=int(settings["logreg_max_iter"]), random_state=seed))
     if name == "random_forest":
         return RandomForestClassifier(n_estimators=int(settings["random_forest_trees"]), n_jobs=threads,
                                       random_state=seed)
@@ -407,18 +379,17 @@ def feature_sets(image_store, extractors: Sequence[str], feature_stores: Sequenc
 
     One set at a time: each is read (pixels chunk by chunk into one float32 array) only when the consumer
     asks for the next, after the generator has dropped the previous one, so a consumer that drops its own
-    references before asking holds one feature set at a time. ``x_train`` is a widenable float32 array
-    (:func:`embedscope.store.widenable_float32`), for :class:`InPlaceLogreg`.
+    references before asking holds one feature set at a time.
     """
     if len(extractors) != len(feature_stores):
         raise ValueError(f"{len(extractors)} extractors but {len(feature_stores)} feature stores")
-    x_train, y_train = pixel_rows(image_store, "train", widenable=True)
+    x_train, y_train = pixel_rows(image_store, "train")
     x_test, y_test = pixel_rows(image_store, "test")
     yield PIXELS, PIXELS, x_train, y_train, x_test, y_test
     del x_train, x_test
     for extractor, store in zip(extractors, feature_stores, strict=True):
         for layer in _check_layers(extractor, store):
-            train = widenable_features(store, layer, "train")
+            train = load_features(store, layer, "train")
             test = load_features(store, layer, "test")
             yield extractor, layer, train.features, train.labels, test.features, test.labels
             del train, test
@@ -428,10 +399,10 @@ def score_feature_set(x_train, y_train, x_test, y_test, n_classes: int, settings
                       threads: int = 1) -> dict[str, dict]:
     """``{classifier: scores}`` of every configured classifier on one feature set, in the settings' order.
 
-    logreg is fitted last, as an :class:`InPlaceLogreg`: lbfgs gets the very float64 values the copying
-    pipeline would give it (so the scores do not change), but neither a standardised float32 copy nor a float64
-    copy beside ``x_train`` (widened in its own buffer where :func:`feature_sets` made it widenable). Both arrays
-    are overwritten: ``x_test`` holds standardised values afterwards, ``x_train`` garbage.
+    logreg is fitted last, with its StandardScaler standardising ``x_train`` and ``x_test`` in place: lbfgs
+    gets the very float32 values the copying pipeline would give it (so the scores do not change), and no
+    standardised float32 copy sits beside lbfgs's own float64 copy. Both arrays hold standardised values
+    afterwards.
     """
     names = list(settings["classifiers"])
     scores = {}

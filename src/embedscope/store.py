@@ -365,40 +365,13 @@ def read_image_rows(path: str | os.PathLike, rows: Sequence[int] | np.ndarray) -
     return taken[inverse]
 
 
-def widenable_float32(n: int, width: int) -> np.ndarray:
-    """An uninitialised float32 (n, width) array at the start of a float64 (n, width) buffer, so that it can
-    later be widened to float64 in place (:func:`widen_in_place`); until then only its float32 half is
-    written, and untouched pages of a large buffer take no resident memory."""
-    return np.empty(n * width, dtype=np.float64).view(np.float32)[: n * width].reshape(n, width)
-
-
-def widen_in_place(values: np.ndarray, block_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """The float64 copy of a :func:`widenable_float32` array, written over its own buffer (last rows first, a
-    block at a time, so every float32 row is read before a float64 row covers it); ``values`` is garbage
-    afterwards. Any other array is converted the ordinary way (a new float64 array)."""
-    root = values
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    n, width = values.shape
-    if not (root.dtype == np.float64 and root.size == n * width and values.dtype == np.float32
-            and values.flags.c_contiguous and values.ctypes.data == root.ctypes.data):
-        return np.asarray(values, dtype=np.float64)
-    wide = root.reshape(n, width)
-    step = max(1, block_bytes // (8 * max(1, width)))
-    for stop in range(n, 0, -step):
-        start = max(0, stop - step)
-        wide[start:stop] = values[start:stop].astype(np.float64)  # a copy: read whole before the write
-    return wide
-
-
-def pixel_rows(path: str | os.PathLike, split: str, widenable: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rows(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """``(pixels, labels)`` of one split: images flattened and scaled to 0..1 in float32, filled chunk by chunk
-    of stored rows into one preallocated array (no uint8 or float64 copy of the split is ever whole);
-    ``widenable``: that array is a :func:`widenable_float32` one."""
+    of stored rows into one preallocated array (no uint8 or float64 copy of the split is ever whole)."""
     index = read_image_index(path)
     rows = index.indices(split)
     width = int(np.prod(index.image_shape))
-    pixels = widenable_float32(len(rows), width) if widenable else np.empty((len(rows), width), np.float32)
+    pixels = np.empty((len(rows), width), dtype=np.float32)
     labels = np.empty(len(rows), dtype=np.int64)
     filled = 0
     for images, block_labels in iter_image_chunks(path, split):
@@ -407,31 +380,6 @@ def pixel_rows(path: str | os.PathLike, split: str, widenable: bool = False) -> 
         labels[filled:stop] = block_labels
         filled = stop
     return pixels, labels
-
-
-def widenable_features(path: str | os.PathLike, layer: str, split: str) -> FeatureSet:
-    """:func:`load_features` of one split, its features read chunk by chunk into a :func:`widenable_float32`
-    array (the same values)."""
-    group = open_complete(path)
-    if layer not in group.attrs["layers"]:
-        raise StoreError(f"store {path} has no layer {layer!r}; it has {list(group.attrs['layers'])}")
-    layer_group = group[layer]
-    split_all = layer_group["split"][...].astype(np.uint8)
-    wanted = split_all == split_code(split)
-    array = layer_group["features"]
-    features = widenable_float32(int(wanted.sum()), int(array.shape[1]))
-    filled = 0
-    for start in range(0, array.shape[0], array.chunks[0]):
-        stop = min(array.shape[0], start + array.chunks[0])
-        keep = wanted[start:stop]
-        if keep.any():
-            block = np.asarray(array[start:stop], dtype=np.float32)[keep]
-            features[filled : filled + len(block)] = block
-            filled += len(block)
-    rows = np.flatnonzero(wanted)
-    return FeatureSet(features=features, labels=layer_group["labels"][...].astype(np.int64)[rows],
-                      index=layer_group["index"][...].astype(np.int64)[rows], split=split_all[rows],
-                      attrs=dict(layer_group.attrs))
 
 
 def read_image_store(path: str | os.PathLike) -> ImageSet:
