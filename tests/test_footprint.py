@@ -74,20 +74,19 @@ def test_classifier_size_by_hand():
     assert classifier_resources(extent, 3000, 2000, [100], {"classifiers": ["knn"]}) == {"mem_mb": JOB_FLOOR_MB,
                                                                                          "runtime": 6}
     assert JOB_FLOOR_MB == 1000
-    # the full study, all classifiers, CIFAR-10's scattering (15,552): 4 x 10,000 x 15,552 (test, float32) +
-    # 8 x 50,000 x 15,552 (train, widened to float64 for lbfgs) + 16e6 = 6,858.9 MB; 600 + ceil(1.25 x 6,858.9)
+    # the full study, all classifiers, CIFAR-10's scattering (15,552): 4 x 60,000 x 15,552 (the set in float32,
+    # standardised in place, float32 for lbfgs too) + 100 trees x 50,000 x 144 B + 16e6 = 4,468.5 MB
     widths = [15552, 64, 512, 1024, 10]
-    assert classifier_resources(dataset_extent(CIFAR), 50000, 10000, widths, {}, 4) == {"mem_mb": 9174,
+    assert classifier_resources(dataset_extent(CIFAR), 50000, 10000, widths, {}, 4) == {"mem_mb": 6186,
                                                                                       "runtime": 94}
-    # MNIST: 4 x 10,000 x 3,969 + 8 x 60,000 x 3,969 + 16e6 = 2,079.9 MB -> 600 + 2,600
-    assert classifier_resources(dataset_extent(MNIST), 60000, 10000, [3969], {}, 4) == {"mem_mb": 3200,
+    # MNIST: 4 x 70,000 x 3,969 + 100 x 60,000 x 144 + 16e6 = 1,991.3 MB -> 600 + 2,490
+    assert classifier_resources(dataset_extent(MNIST), 60000, 10000, [3969], {}, 4) == {"mem_mb": 3090,
                                                                                       "runtime": 35}
-    # the measured 10,000 / 10,000 MNIST run: 4 x 10,000 x 3,969 + 8 x 10,000 x 3,969 + 16e6 = 492.3 MB
-    assert classifier_resources(dataset_extent(MNIST), 10000, 10000, [3969], {}, 2)["mem_mb"] == 1216
-    # the forest outweighs lbfgs's float64 copy for narrow sets: 4 x 3,000 x 10 + 1,000 x 3,000 x 144 B = 432.1 MB
+    # the measured 10,000 / 10,000 MNIST run (peak 1,032 MB): 4 x 20,000 x 3,969 + 100 x 10,000 x 144 + 16e6
+    assert classifier_resources(dataset_extent(MNIST), 10000, 10000, [3969], {}, 2)["mem_mb"] == 1197
+    # a big forest on narrow sets: the pixels (784) are the widest; 4 x 3,000 x 784 + 1,000 x 3,000 x 144 + 16e6
     forest = classifier_resources(extent, 3000, 0, [10], {"classifiers": ["random_forest"],
                                                          "random_forest_trees": 1000})
-    # (the pixels, 784, are the widest set: 4 x 3,000 x 784 + 432e6 + 16e6 = 457.4 MB)
     assert forest["mem_mb"] == 600 + 572
 
 

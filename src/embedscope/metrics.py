@@ -400,9 +400,9 @@ def score_feature_set(x_train, y_train, x_test, y_test, n_classes: int, settings
     """``{classifier: scores}`` of every configured classifier on one feature set, in the settings' order.
 
     logreg is fitted last, with its StandardScaler standardising ``x_train`` and ``x_test`` in place: lbfgs
-    gets the very float32 values the copying pipeline would give it (so the scores do not change), and no
-    standardised float32 copy sits beside lbfgs's own float64 copy. Both arrays hold standardised values
-    afterwards.
+    gets the very float32 values the copying pipeline would give it (so the scores do not change), without a
+    standardised copy of the set; scikit-learn's lbfgs keeps float32 input in float32 (no float64 copy either).
+    Both arrays hold standardised values afterwards.
     """
     names = list(settings["classifiers"])
     scores = {}
