@@ -14,6 +14,17 @@ from embedscope.configcheck import check_config  # noqa: E402
 from embedscope.gpus import candidate_devices  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
 from embedscope.footprint import baseline_resources, dataset_extent, ingest_resources  # noqa: E402
+from embedscope.footprint import (  # noqa: E402
+    classifier_resources,
+    embedding_resources,
+    explorer_resources,
+    layer_widths,
+    split_sizes,
+    thumbnail_figure_resources,
+    top_losses_resources,
+    tsne_points,
+    tsne_resources,
+)
 from embedscope.sources import list_imagefolder  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -162,6 +173,55 @@ def ingest_size(wildcards, threads):
 
 def baseline_size(wildcards):
     return baseline_resources(extent_of(wildcards.dataset))
+
+
+# Sizes of the jobs that read feature stores or t-SNE points (embedscope.footprint): from the splits the
+# dataset keeps, the widths of the enabled layers and the t-SNE points.
+def splits_of(dataset):
+    return split_sizes(dataset_settings(dataset), extent_of(dataset))
+
+
+def map_points_of(dataset):
+    return tsne_points(dataset_settings(dataset), extent_of(dataset))
+
+
+def widths_of(dataset):
+    scattering = config["scattering"]
+    return layer_widths(EXTRACTORS, extent_of(dataset), scattering["J"], scattering["L"])
+
+
+def classifier_size(wildcards, threads):
+    n_train, n_test = splits_of(wildcards.dataset)
+    widths = list(widths_of(wildcards.dataset).values())
+    return classifier_resources(extent_of(wildcards.dataset), n_train, n_test, widths, config["metrics"], threads)
+
+
+def embedding_size(wildcards, threads):
+    n_train, n_test = splits_of(wildcards.dataset)
+    widths = list(widths_of(wildcards.dataset).values())
+    return embedding_resources(n_train, n_test, map_points_of(wildcards.dataset), widths,
+                               config["metrics"]["max_quality_points"], threads)
+
+
+def tsne_size(wildcards, threads):
+    width = widths_of(wildcards.dataset)[wildcards.extractor, wildcards.layer]
+    settings = config["tsne"]
+    return tsne_resources(splits_of(wildcards.dataset)[1], map_points_of(wildcards.dataset), width,
+                          settings["pca_components"], settings["n_iter"], threads)
+
+
+def explorer_size(wildcards):
+    n_maps = sum(len(layers_of(extractor)) for extractor in EXTRACTORS)
+    return explorer_resources(extent_of(wildcards.dataset), map_points_of(wildcards.dataset), n_maps)
+
+
+def thumbnail_figure_size(wildcards):
+    return thumbnail_figure_resources(extent_of(wildcards.dataset), map_points_of(wildcards.dataset),
+                                      config["figures"]["thumbnail_size"])
+
+
+def top_losses_size(wildcards):
+    return top_losses_resources(extent_of(wildcards.dataset), splits_of(wildcards.dataset)[1])
 
 
 def activation_image(dataset):

@@ -17,14 +17,15 @@ rule build_explorer:
         html=report_entry(EXPLORER, "explorer", "Explorer", figure="explorer"),
     params:
         maps=EXPLORER_MAPS,
+        trustworthiness_k=config["metrics"]["trustworthiness_k"],
     log:
         f"{LOGS}/explorer/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/explorer/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=lambda w: explorer_size(w)["mem_mb"],
+        runtime=lambda w: explorer_size(w)["runtime"],
     conda:
         ENV
     script:

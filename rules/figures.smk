@@ -55,8 +55,8 @@ rule plot_tsne_thumbs:
         f"{BENCHMARKS}/figures/{{dataset}}/tsne_thumbs/{{extractor}}/{{layer}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lambda w: thumbnail_figure_size(w)["mem_mb"],
+        runtime=lambda w: thumbnail_figure_size(w)["runtime"],
     conda:
         ENV
     script:
@@ -187,8 +187,8 @@ rule plot_top_losses:
         f"{FIGURE_LOGS}/top_losses.log",
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=lambda w: top_losses_size(w)["mem_mb"],
+        runtime=lambda w: top_losses_size(w)["runtime"],
     conda:
         ENV
     script:

@@ -2,8 +2,9 @@
 # fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures.
 
 # The metrics settings each table reads, so that a setting reruns only the table it changes.
-CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k != "trustworthiness_k"}
-EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in ("knn_k", "trustworthiness_k")}
+EMBEDDING_KEYS = ("knn_k", "trustworthiness_k", "max_quality_points")
+CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k not in EMBEDDING_KEYS[1:]}
+EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in EMBEDDING_KEYS}
 
 
 rule evaluate_classifiers:
@@ -26,8 +27,8 @@ rule evaluate_classifiers:
         f"{BENCHMARKS}/metrics/{{dataset}}/classifiers.tsv"
     threads: 4
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=lambda w, threads: classifier_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: classifier_size(w, threads)["runtime"],
     conda:
         ENV
     script:
@@ -50,6 +51,7 @@ rule evaluate_embeddings:
     params:
         extractors=EXTRACTORS,
         metrics=EMBEDDING_SETTINGS,
+        seed=config["seed"],
         weights=config["resnet18"]["weights"],
     log:
         f"{LOGS}/metrics/{{dataset}}/embedding_quality.log",
@@ -57,8 +59,8 @@ rule evaluate_embeddings:
         f"{BENCHMARKS}/metrics/{{dataset}}/embedding_quality.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=30,
+        mem_mb=lambda w, threads: embedding_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: embedding_size(w, threads)["runtime"],
     conda:
         ENV
     script:

@@ -23,8 +23,8 @@ rule embed_tsne:
         f"{BENCHMARKS}/tsne/{{dataset}}/{{extractor}}/{{layer}}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda w, threads: tsne_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: tsne_size(w, threads)["runtime"],
     conda:
         ENV
     script:

@@ -3,6 +3,7 @@
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -200,3 +201,48 @@ def test_rule_build_explorer_and_report(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
     assert any(n.endswith("/mnist5k.html") for n in names), names
+
+
+def test_only_the_drawn_points_images_are_read(tmp_path, monkeypatch):
+    """Every chunk of the image store that holds no drawn point is overwritten with bytes that cannot be
+    decoded: reading the whole store now fails, and the page still builds, so those chunks are never read."""
+    from embedscope import store
+    from embedscope.store import StoreError, read_image_store
+
+    monkeypatch.setattr(store, "CHUNK_BYTES", 28 * 28 * 4)  # 4 rows per chunk
+    inputs = write_synthetic_inputs(tmp_path, 12, [("scattering", "scattering"), ("resnet18", "conv1")], n_train=20)
+    images = read_image_store(inputs["image_store"])
+    assert images.images.shape[1:] == (28, 28, 1)
+    drawn = np.array([25, 24, 27])  # test rows of chunk 6 (rows 24..27), listed out of order
+    for _, _, csv in inputs["maps"]:
+        frame = read_tsne(csv)
+        write_tsne(csv, frame.set_index("index").loc[drawn].reset_index())
+    chunks = sorted((Path(inputs["image_store"]) / "images" / "c").iterdir(), key=lambda p: int(p.name))
+    assert len(chunks) == 8
+    for chunk in chunks:
+        if chunk.name != "6":
+            for part in chunk.rglob("*"):
+                if part.is_file():
+                    part.write_bytes(b"not a zstd frame")
+    with pytest.raises(Exception):  # noqa: B017 - zarr names no single error type for an undecodable chunk
+        read_image_store(inputs["image_store"])
+    out = tmp_path / "page.html"
+    stats = build_explorer(out, **inputs, trustworthiness_k=7)
+    assert stats["points"] == 3
+    layout = explorer_document(**inputs)
+    source = layout.select_one({"name": "points"}).data
+    expected = {int(i): png_data_uri(images.images[i]) for i in drawn}
+    assert {int(i): t for i, t in zip(source["index"], source["thumb"], strict=True)} == expected
+    assert "t-SNE trustworthiness (k=7)" in out.read_text()
+    with pytest.raises(StoreError, match="has 32 rows"):
+        store.read_image_rows(inputs["image_store"], [32])
+
+
+def test_trustworthiness_label_names_the_configured_k(tmp_path):
+    inputs = write_synthetic_inputs(tmp_path, 20, [("scattering", "scattering")])
+    build_explorer(tmp_path / "k3.html", **inputs, trustworthiness_k=3)
+    build_explorer(tmp_path / "none.html", **inputs)
+    assert "t-SNE trustworthiness (k=3)" in (tmp_path / "k3.html").read_text()
+    assert "k=10" not in (tmp_path / "k3.html").read_text()
+    text = (tmp_path / "none.html").read_text()
+    assert "t-SNE trustworthiness" in text and "t-SNE trustworthiness (k=" not in text

@@ -38,3 +38,89 @@ def test_baseline_reads_chunks():
     cifar = dataset_extent({"source": "torchvision", "name": "CIFAR10"})
     # 600 + ceil(1.44 + 0.98 + 96); 5 + ceil(60,000 x (20 us + 61.44 us) = 4.9 s / 60)
     assert baseline_resources(cifar) == {"mem_mb": 699, "runtime": 6}
+
+
+# ---- tables, t-SNE, explorer and image figures ------------------------------------------------------------
+
+EMBEDDED = {"source": "embedded", "n_train": 3000, "n_test": 2000}
+MNIST = {"source": "torchvision", "name": "MNIST"}
+CIFAR = {"source": "torchvision", "name": "CIFAR10", "max_points": 3200}
+ALL = ["scattering", "resnet18", "resnet18_finetuned"]
+
+
+def test_splits_points_and_layer_widths():
+    from embedscope.footprint import layer_widths, scattering_width, split_sizes, tsne_points
+
+    assert split_sizes(EMBEDDED, dataset_extent(EMBEDDED)) == (3000, 2000)
+    assert split_sizes({"source": "embedded", "n_test": 1000}, dataset_extent(EMBEDDED)) == (4000, 1000)
+    assert split_sizes(MNIST, dataset_extent(MNIST)) == (60000, 10000)
+    assert split_sizes({**MNIST, "n_train": 20000}, dataset_extent(MNIST)) == (20000, 10000)
+    assert tsne_points(CIFAR, dataset_extent(CIFAR)) == 3200 and tsne_points(MNIST, dataset_extent(MNIST)) == 10000
+    # 1 x (1 + 16 + 64) x 7 x 7 and 3 x 81 x 8 x 8; J = 3, L = 4: 1 + 12 + 16 x 3 = 61 coefficients, 4 x 4 (ceil 28/8)
+    assert scattering_width((28, 28, 1), 2, 8) == 3969 and scattering_width((32, 32, 3), 2, 8) == 15552
+    assert scattering_width((28, 28, 1), 3, 4) == 61 * 16
+    widths = layer_widths(ALL, dataset_extent(CIFAR))
+    assert widths["scattering", "scattering"] == 15552 and widths["resnet18", "conv1"] == 64
+    assert widths["resnet18_finetuned", "head_pool"] == 1024 and widths["resnet18_finetuned", "softmax"] == 10
+    assert len(widths) == 13 and max(widths.values()) == 15552
+
+
+def test_classifier_size_by_hand():
+    from embedscope.footprint import JOB_FLOOR_MB, classifier_resources
+
+    extent = dataset_extent(EMBEDDED)
+    # kNN alone on pixels (784) and a 100-wide layer: 600 + 1.25 x (4 x 5,000 x 784 + 16e6) / 1e6 = 640 -> the floor;
+    # 5 + ceil(1.25 x (30 + 2,000 x 3,000 x (784 + 100) x 1 ns) / 60 = 0.736)
+    assert classifier_resources(extent, 3000, 2000, [100], {"classifiers": ["knn"]}) == {"mem_mb": JOB_FLOOR_MB,
+                                                                                         "runtime": 6}
+    assert JOB_FLOOR_MB == 1000
+    # the full study, all classifiers, CIFAR-10's scattering (15,552): 4 x 60,000 x 15,552 (the set in float32,
+    # standardised in place, float32 for lbfgs too) + 100 trees x 50,000 x 144 B + 16e6 = 4,468.5 MB
+    widths = [15552, 64, 512, 1024, 10]
+    assert classifier_resources(dataset_extent(CIFAR), 50000, 10000, widths, {}, 4) == {"mem_mb": 6186,
+                                                                                      "runtime": 94}
+    # MNIST: 4 x 70,000 x 3,969 + 100 x 60,000 x 144 + 16e6 = 1,991.3 MB -> 600 + 2,490
+    assert classifier_resources(dataset_extent(MNIST), 60000, 10000, [3969], {}, 4) == {"mem_mb": 3090,
+                                                                                      "runtime": 35}
+    # the measured 10,000 / 10,000 MNIST run (peak 1,032 MB): 4 x 20,000 x 3,969 + 100 x 10,000 x 144 + 16e6
+    assert classifier_resources(dataset_extent(MNIST), 10000, 10000, [3969], {}, 2)["mem_mb"] == 1197
+    # a big forest on narrow sets: the pixels (784) are the widest; 4 x 3,000 x 784 + 1,000 x 3,000 x 144 + 16e6
+    forest = classifier_resources(extent, 3000, 0, [10], {"classifiers": ["random_forest"],
+                                                         "random_forest_trees": 1000})
+    assert forest["mem_mb"] == 600 + 572
+
+
+def test_embedding_tsne_explorer_and_figure_sizes_by_hand():
+    from embedscope import metrics
+    from embedscope.footprint import (
+        METRICS_BLOCK_BYTES,
+        QUALITY_BLOCK_BYTES,
+        WORKING_MEMORY_MB,
+        embedding_resources,
+        explorer_resources,
+        thumbnail_figure_resources,
+        top_losses_resources,
+        tsne_resources,
+    )
+
+    assert (METRICS_BLOCK_BYTES, QUALITY_BLOCK_BYTES, WORKING_MEMORY_MB) == (
+        metrics.BLOCK_BYTES, metrics.QUALITY_BLOCK_BYTES, metrics.WORKING_MEMORY_MB)
+    assert embedding_resources(10, 10, 10, [4]) == {"mem_mb": 1000, "runtime": 6}
+    # full MNIST: 4 x 70,000 x 3,969 + 8 x 10,000 x 3,969 + 96 MiB + 2 x 128 MB + 3 x 64 MiB = 1,986.8 MB;
+    # 5 + ceil(1.25 x (30 + 5 layers x 1e8 x 400 ns + 1e8 x 3 x 5,579 x 0.1 ns + ...) / 2 / 60)
+    widths = [3969, 64, 512, 1024, 10]
+    assert embedding_resources(60000, 10000, 10000, widths, 10000, 2) == {"mem_mb": 3084, "runtime": 10}
+    # quality capped at 2,000 of the 10,000 points: the q^2 terms shrink 25-fold
+    assert embedding_resources(60000, 10000, 10000, widths, 2000, 2) == {"mem_mb": 2521, "runtime": 6}
+    # the measured 10,000 / 10,000 MNIST run (peak 953 MB)
+    assert embedding_resources(10000, 10000, 10000, [3969], 10000, 2) == {"mem_mb": 2092, "runtime": 8}
+    # t-SNE of 10,000 points of a 3,969-wide layer: 4 x 10,000 x 3,969 x (1 + 1 + 4) + 256 MB + 160 MB = 1,368.6 MB
+    assert tsne_resources(10000, 10000, 3969, 50, 500, 2) == {"mem_mb": 2311, "runtime": 7}
+    # explorer, 10,000 MNIST points x 13 maps: 10,000 x (784 + 4 x 1,668 + 13 x 320) = 116.2 MB -> the floor
+    assert explorer_resources(dataset_extent(MNIST), 10000, 13) == {"mem_mb": 1000, "runtime": 6}
+    # 60,000 CIFAR-10 points: 60,000 x (3,072 + 4 x 6,244 + 4,160) = 1,932.5 MB
+    assert explorer_resources(dataset_extent(CIFAR), 60000, 13)["mem_mb"] == 600 + 2416
+    # thumbnails: canvas 1.6 x 20 x sqrt(10,000) = 3,200 px; 10,000 x (784 + 4,800) + 3,200^2 x 100 = 1,079.8 MB
+    assert thumbnail_figure_resources(dataset_extent(MNIST), 10000, 20) == {"mem_mb": 1950, "runtime": 6}
+    # top losses: 10,000 x 15 x 24 + 9 x 784 x 8 + 50e6 = 53.7 MB -> the floor
+    assert top_losses_resources(dataset_extent(MNIST), 10000) == {"mem_mb": 1000, "runtime": 6}

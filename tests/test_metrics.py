@@ -282,3 +282,139 @@ def test_tsne_points_outside_the_test_split_are_refused(tiny_run, tmp_path):
     with pytest.raises(ArtifactError, match="scattering.csv: 5 indices .* are not in the test split"):
         metrics.embedding_table(["scattering"], r["stores"][:1], [bad], settings=SETTINGS)
 
+
+
+# ---- bounded memory: blocks, subsamples, one feature set at a time ------------------------------------
+
+
+def _knn_loo_loop(points, labels, k):
+    """The former definition, point by point: drop the point itself from its k+1 neighbours, majority vote."""
+    from sklearn.neighbors import NearestNeighbors
+
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points, return_distance=False)
+    correct = 0
+    for i, row in enumerate(neighbours):
+        votes = np.bincount(labels[row[row != i][:k]], minlength=int(labels.max()) + 1)
+        correct += int(np.argmax(votes) == labels[i])
+    return correct / len(points)
+
+
+def test_vectorised_knn_equals_the_loop_with_ties_and_duplicates():
+    # ties: point 0's two neighbours vote 1 and 2 -> smallest label 1; four copies of one point (more than
+    # k + 1 = 3) push some points out of their own neighbour list
+    points = np.array([[0.0, 0], [1, 0], [-1, 0], [5, 5], [5, 5], [5, 5], [5, 5], [9, 9], [9, 9.5], [20, 0]])
+    labels = np.array([0, 1, 2, 0, 1, 1, 2, 2, 0, 1])
+    for k in (1, 2, 3, 5):
+        assert metrics.knn_accuracy_loo(points, labels, k) == _knn_loo_loop(points, labels, k)
+    # k = 2 on the first three points alone: 0 -> {1, 2} tie 1/2 -> 1 (wrong); 1 -> {0, 2} tie -> 0 (wrong);
+    # 2 -> {0, 1} tie -> 0 (wrong)
+    assert metrics.knn_accuracy_loo(points[:3], labels[:3], 2) == 0.0
+    rng = np.random.default_rng(3)
+    grid = rng.integers(0, 4, size=(200, 2)).astype(float)  # many exact duplicates and distance ties
+    grid_labels = rng.integers(0, 5, size=200)
+    for k in (1, 4, 10):
+        assert metrics.knn_accuracy_loo(grid, grid_labels, k) == _knn_loo_loop(grid, grid_labels, k)
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 40, None])
+def test_blocked_trustworthiness_is_sklearns(block_rows):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 6))
+    x[5] = x[6]  # a duplicate point: a distance tie
+    y = x[:, :2] + rng.normal(scale=0.3, size=(40, 2))
+    for k in (1, 3, 9):
+        assert metrics.blocked_trustworthiness(x, y, k, block_rows) == trustworthiness(x, y, n_neighbors=k)
+
+
+def test_class_statistics_in_blocks_equal_whole_matrix_means(monkeypatch):
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), [7, 11, 5])[rng.permutation(23)]
+    features = rng.normal(scale=50, size=(23, 5)).astype(np.float32)
+    h = features.astype(np.float64)
+    monkeypatch.setattr(metrics, "BLOCK_BYTES", 8 * 5 * 3)  # blocks of 3 rows
+    means, counts, global_mean = metrics.class_statistics(features, labels, 4)  # class 3 has no sample
+    assert np.array_equal(global_mean, h.mean(axis=0))
+    assert np.array_equal(means[:3], np.stack([h[labels == c].mean(axis=0) for c in range(3)]))
+    assert np.array_equal(means[3], np.zeros(5)) and counts.tolist() == [7, 11, 5, 0]
+    assert metrics.nc1(features, labels, 3) == pytest.approx(_nc1_direct(h, labels), rel=1e-10)
+    x_test = rng.normal(scale=50, size=(10, 5)).astype(np.float32)
+    centres = np.stack([h[labels == c].mean(axis=0) for c in range(3)])
+    nearest = np.argmin(((x_test[:, None, :].astype(np.float64) - centres[None]) ** 2).sum(-1), axis=1)
+    y_test = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    assert metrics.ncc_accuracy(features, labels, x_test, y_test, 3) == np.mean(nearest == y_test)
+    with pytest.raises(ValueError, match="class 3 has no training sample"):
+        metrics.ncc_accuracy(features, labels, x_test, y_test, 4)
+
+
+def test_quality_metrics_run_on_the_recorded_subsample(tiny_run):
+    from embedscope.store import load_features
+    from embedscope.tsne import tsne_subset
+
+    r = tiny_run
+    settings = {**SETTINGS, "max_quality_points": 6, "trustworthiness_k": 2}
+    csv, md = r["root"] / "sub" / "embedding_quality.csv", r["root"] / "sub" / "embedding_quality.md"
+    table = metrics.evaluate_embeddings(r["extractors"], r["stores"], r["tsne"], csv, md, dataset="toy",
+                                        settings=settings, seed=4)
+    assert (table["n"] == 10).all() and (table["n_quality"] == 6).all()
+    assert (read_embedding_quality(csv)["n_quality"] == 6).all()
+    pairs = [(e, layer) for e in r["extractors"] for layer in EXTRACTOR_LAYERS[e]]
+    row = table[table["layer"] == "head_hidden"].iloc[0]
+    tsne = read_tsne(r["tsne"][pairs.index(("resnet18_finetuned", "head_hidden"))])
+    test = load_features(r["stores"][1], "head_hidden", "test")
+    feats = test.features[[list(test.index).index(i) for i in tsne["index"]]]
+    xy, labels = tsne[["x", "y"]].to_numpy(), tsne["label"].to_numpy()
+    sub = tsne_subset(labels, 6, 4)
+    assert len(sub) == 6
+    assert row["trustworthiness"] == trustworthiness(feats[sub].astype(np.float64), xy[sub], n_neighbors=2)
+    assert row["silhouette_features"] == pytest.approx(silhouette_score(feats[sub], labels[sub]))
+    assert row["silhouette_2d"] == pytest.approx(silhouette_score(xy[sub], labels[sub]))
+    pred = cross_val_predict(KNeighborsClassifier(3), xy, labels, cv=LeaveOneOut())  # every point, not the subsample
+    assert row["knn_accuracy_2d"] == pytest.approx(np.mean(pred == labels))
+    text = md.read_text()
+    assert "max_quality_points = 6 (seed 4)" in text and "n_quality = 6" in text
+
+
+def test_feature_sets_stream_and_score_as_in_memory(tiny_run):
+    import inspect
+
+    from embedscope.baseline import class_mean_images, nearest_class_mean
+    from embedscope.store import read_image_store
+
+    r = tiny_run
+    data = read_image_store(r["data"])
+    train, test = data.indices("train"), data.indices("test")
+    sets = metrics.feature_sets(r["data"], r["extractors"][:1], r["stores"][:1])
+    assert inspect.isgenerator(sets)
+    features, layer, x_train, y_train, x_test, y_test = next(sets)
+    assert (features, layer) == ("pixels", "pixels") and x_train.dtype == np.float32
+    assert np.array_equal(x_train, metrics.pixel_features(data.images[train]))
+    assert np.array_equal(x_test, metrics.pixel_features(data.images[test]))
+    assert np.array_equal(y_train, data.labels[train]) and np.array_equal(y_test, data.labels[test])
+    # in place: the same scores as the copying pipeline on copies of the arrays, which they leave unchanged
+    expected = {name: metrics.fit_and_score(name, x_train.copy(), y_train, x_test.copy(), y_test, 3, SETTINGS)
+                for name in SETTINGS["classifiers"]}
+    got = metrics.score_feature_set(x_train, y_train, x_test, y_test, 3, SETTINGS)
+    assert list(got) == SETTINGS["classifiers"]
+    for name in got:
+        assert {k: v for k, v in got[name].items() if k != "fit_seconds"} == {
+            k: v for k, v in expected[name].items() if k != "fit_seconds"}
+    assert np.allclose(x_train.mean(axis=0), 0, atol=1e-6)  # standardised in place
+    rows = metrics.baseline_rows(r["data"], r["baseline"], "toy", 3)
+    means = class_mean_images(data.images[train], data.labels[train], 3)
+    for row in rows:
+        pred = nearest_class_mean(data.images[test], means, row["classifier"].removeprefix("class_mean_"))
+        assert {k: row[k] for k in ("accuracy", "macro_f1")} == {
+            k: v for k, v in metrics.macro_scores(data.labels[test], pred, 3).items() if k in ("accuracy", "macro_f1")}
+    assert [s[:2] for s in sets] == [("scattering", "scattering")]
+
+
+def test_a_feature_set_is_dropped_before_the_next_is_read(tiny_run):
+    import weakref
+
+    r = tiny_run
+    sets = metrics.feature_sets(r["data"], r["extractors"], r["stores"])
+    alive = []
+    for _, _, x_train, _, x_test, _ in sets:
+        assert all(ref() is None for ref in alive)  # the previous set's arrays are gone already
+        alive = [weakref.ref(x_train), weakref.ref(x_test)]
+        del x_train, x_test

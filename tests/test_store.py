@@ -178,3 +178,26 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     assert (tmp_path / f".fig.png.tmp-{dead}.png").read_bytes() == b"half a figure"
     write_text(figure, "whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "fig.png", "s.zarr"]
+
+
+def test_index_rows_and_pixels_without_the_whole_store(tmp_path, monkeypatch):
+    from embedscope import store
+
+    monkeypatch.setattr(store, "CHUNK_BYTES", 8 * 8 * 3 * 5)  # 5 rows per chunk
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(23, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=23)
+    split = (np.arange(23) % 3 == 0).astype(np.uint8)
+    write_image_store(tmp_path / "s.zarr", images, labels, split, ["a", "b", "c"])
+    index = store.read_image_index(tmp_path / "s.zarr")
+    assert np.array_equal(index.labels, labels) and np.array_equal(index.split, split)
+    assert index.class_names == ["a", "b", "c"] and index.image_shape == (8, 8, 3)
+    assert np.array_equal(index.indices("test"), np.flatnonzero(split == 1))
+    rows = [17, 2, 2, 22, 0]  # any order, repeated
+    assert np.array_equal(store.read_image_rows(tmp_path / "s.zarr", rows), images[rows])
+    assert store.read_image_rows(tmp_path / "s.zarr", []).shape == (0, 8, 8, 3)
+    pixels, pixel_labels = store.pixel_rows(tmp_path / "s.zarr", "train")
+    train = np.flatnonzero(split == 0)
+    assert pixels.dtype == np.float32
+    assert np.array_equal(pixels, images[train].astype(np.float32).reshape(len(train), -1) / 255.0)
+    assert np.array_equal(pixel_labels, labels[train])

@@ -13,4 +13,5 @@ build_explorer(
     quality_csv=snakemake.input.quality,
     predictions_csv=snakemake.input.predictions[0] if snakemake.input.predictions else None,
     dataset=snakemake.wildcards.dataset,
+    trustworthiness_k=snakemake.params.trustworthiness_k,
 )

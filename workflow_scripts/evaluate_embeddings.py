@@ -16,4 +16,5 @@ evaluate_embeddings(
     settings=snakemake.params.metrics,
     threads=snakemake.threads,
     weights=snakemake.params.weights,
+    seed=snakemake.params.seed,
 )

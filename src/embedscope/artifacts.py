@@ -218,7 +218,7 @@ def read_training_log(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFra
 BASELINE_COLUMNS = ("dataset", "method", "distance", "accuracy", "macro_f1", "n_test")
 CLASSIFIER_COLUMNS = ("dataset", "features", "layer", "D", "classifier", "accuracy", "macro_precision",
                       "macro_recall", "macro_f1", "fit_seconds")
-EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "trustworthiness", "knn_accuracy_2d",
+EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "n_quality", "trustworthiness", "knn_accuracy_2d",
                      "silhouette_features", "silhouette_2d", "ncc_accuracy", "nc1")
 TABLE_FLOAT_FORMAT = ".4f"  # Markdown only; the CSV keeps full precision
 

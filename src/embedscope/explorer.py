@@ -24,14 +24,15 @@ import numpy as np
 import pandas as pd
 
 from embedscope.artifacts import ArtifactError, read_embedding_quality, read_predictions, read_tsne, write_text
-from embedscope.store import read_image_store
+from embedscope.store import read_image_index, read_image_rows
 
 log = logging.getLogger("embedscope.explorer")
 
 QUALITY_LABELS = {
     "D": "feature dimension D",
     "n": "points n",
-    "trustworthiness": "t-SNE trustworthiness (k=10)",
+    "n_quality": "points of trustworthiness and silhouettes",
+    "trustworthiness": "t-SNE trustworthiness",
     "knn_accuracy_2d": "kNN accuracy in the 2-D map",
     "silhouette_features": "silhouette (features)",
     "silhouette_2d": "silhouette (2-D map)",
@@ -154,8 +155,17 @@ def predictions_for(
     return pred, prob
 
 
+def quality_labels(trustworthiness_k: int | None = None) -> dict[str, str]:
+    """Column -> the label the quality table shows; trustworthiness names its k (metrics.trustworthiness_k)."""
+    labels = dict(QUALITY_LABELS)
+    if trustworthiness_k is not None:
+        labels["trustworthiness"] += f" (k={int(trustworthiness_k)})"
+    return labels
+
+
 def quality_tables(
-    quality_csv: str | os.PathLike | None, maps: Sequence[tuple[str, str, object]], dataset: str | None
+    quality_csv: str | os.PathLike | None, maps: Sequence[tuple[str, str, object]], dataset: str | None,
+    trustworthiness_k: int | None = None,
 ) -> dict[str, str]:
     """key -> an HTML table of that layer's embedding-quality numbers ('n/a' where there is no row)."""
     frame = None
@@ -171,11 +181,11 @@ def quality_tables(
             rows = frame[(frame["extractor"] == extractor) & (frame["layer"] == layer)]
             row = rows.iloc[0] if len(rows) else None
         lines = [f"<b>{html.escape(extractor)} / {html.escape(layer)}</b>", "<table style='font-size:13px'>"]
-        for column, label in QUALITY_LABELS.items():
+        for column, label in quality_labels(trustworthiness_k).items():
             value = "n/a"
             if row is not None and column in row.index and pd.notna(row[column]):
                 number = row[column]
-                value = f"{int(number)}" if column in ("D", "n") else f"{float(number):.3f}"
+                value = f"{int(number)}" if column in ("D", "n", "n_quality") else f"{float(number):.3f}"
             lines.append(f"<tr><td>{html.escape(label)}</td><td style='text-align:right'>{value}</td></tr>")
         lines.append("</table>")
         if row is None:
@@ -195,7 +205,8 @@ def palette(n: int) -> list[str]:
 
 
 def checked_points(reference: pd.DataFrame, images, image_store, first_csv) -> tuple[np.ndarray, np.ndarray]:
-    """(sample index, label) of the maps' points, checked against the image store."""
+    """(sample index, label) of the maps' points, checked against the image store's labels (``images``: its
+    :class:`~embedscope.store.ImageIndex`)."""
     index = reference["index"].to_numpy(dtype=np.int64)
     if index.min() < 0 or index.max() >= len(images.labels):
         raise ExplorerError(
@@ -209,7 +220,8 @@ def checked_points(reference: pd.DataFrame, images, image_store, first_csv) -> t
 
 
 def point_columns(
-    images,
+    class_names: Sequence[str],
+    pixels: np.ndarray,
     index: np.ndarray,
     labels: np.ndarray,
     pred: np.ndarray,
@@ -217,8 +229,9 @@ def point_columns(
     frames: Mapping[str, pd.DataFrame],
 ) -> dict[str, object]:
     """The ColumnDataSource columns: one row per point (misclassified last, so drawn on top within their
-    class), its thumbnail, names and status, and an ``x__{key}``/``y__{key}`` pair per map scaled to [-1, 1]."""
-    class_names = list(images.class_names)
+    class), its thumbnail (from ``pixels``, the points' images in ``index`` order), names and status, and an
+    ``x__{key}``/``y__{key}`` pair per map scaled to [-1, 1]."""
+    class_names = list(class_names)
     status = np.where(pred < 0, STATUS_FACTORS[2], np.where(pred == labels, STATUS_FACTORS[0], STATUS_FACTORS[1]))
     order = np.argsort(status == STATUS_FACTORS[1], kind="stable")
 
@@ -232,7 +245,7 @@ def point_columns(
         "prob": prob[order],
         "status": list(status[order]),
         "size": np.where(status[order] == STATUS_FACTORS[1], 9, 6).astype(np.uint8),
-        "thumb": [png_data_uri(images.images[i]) for i in index[order]],
+        "thumb": [png_data_uri(pixels[i]) for i in order],
     }
     for key, frame in frames.items():
         x, y = scale_unit(frame["x"].to_numpy(), frame["y"].to_numpy())
@@ -318,16 +331,23 @@ def explorer_document(
     predictions_csv: str | os.PathLike | None = None,
     dataset: str | None = None,
     thumb_px: int = 84,
+    trustworthiness_k: int | None = None,
 ):
-    """The Bokeh layout of the page (module doc); ``maps``: (extractor, layer, t-SNE csv) in menu order."""
+    """The Bokeh layout of the page (module doc); ``maps``: (extractor, layer, t-SNE csv) in menu order.
+
+    Of the image store only the labels and the maps' points' images are read (orthogonal indexing, so only
+    the chunks that hold a point), never the whole store."""
     from bokeh.layouts import row
     from bokeh.models import ColumnDataSource
 
-    images = read_image_store(image_store)
+    images = read_image_index(image_store)
     reference, frames = load_maps(maps)
     index, labels = checked_points(reference, images, image_store, maps[0][2])
     pred, prob = predictions_for(index, predictions_csv, frames)
-    source = ColumnDataSource(point_columns(images, index, labels, pred, prob, frames), name="points")
+    pixels = read_image_rows(image_store, index)
+    source = ColumnDataSource(point_columns(images.class_names, pixels, index, labels, pred, prob, frames),
+                              name="points")
+    del pixels
     prefix = f"{dataset}: " if dataset else ""
     titles = {layer_key(e, layer): f"{prefix}t-SNE of {e} / {layer} ({len(index)} points)" for e, layer, _ in maps}
     plot = map_plot(source, list(images.class_names), titles[layer_key(*maps[0][:2])], thumb_px)
@@ -339,7 +359,7 @@ def explorer_document(
         + ("" if (pred >= 0).any() else " (no predictions available)")
         + ". Hover a point for its image; each map is scaled to fit the frame.</p>"
     )
-    tables = quality_tables(quality_csv, maps, dataset)
+    tables = quality_tables(quality_csv, maps, dataset, trustworthiness_k)
     return row(plot, side_panel(plot, source, maps, tables, titles, note))
 
 
@@ -364,11 +384,13 @@ def build_explorer(
     quality_csv: str | os.PathLike | None = None,
     predictions_csv: str | os.PathLike | None = None,
     dataset: str | None = None,
+    trustworthiness_k: int | None = None,
 ) -> dict[str, int]:
-    """Write the explorer page (atomically). Returns {"points", "maps", "bytes"}."""
+    """Write the explorer page (atomically). Returns {"points", "maps", "bytes"}; ``trustworthiness_k`` (the
+    metrics.trustworthiness_k the quality table was computed with) labels its trustworthiness row."""
     maps = [(str(e), str(layer), p) for e, layer, p in maps]
     layout = explorer_document(image_store, maps, quality_csv=quality_csv, predictions_csv=predictions_csv,
-                               dataset=dataset)
+                               dataset=dataset, trustworthiness_k=trustworthiness_k)
     write_text(output, explorer_html(layout, dataset))
     n_points = len(layout.select_one({"name": "points"}).data["index"])
     stats = {"points": n_points, "maps": len(maps), "bytes": Path(output).stat().st_size}

@@ -84,3 +84,194 @@ def baseline_resources(extent: Extent) -> dict[str, int]:
     held = n * 24 + 4 * classes * pixels * 8 + 6 * 8 * CHUNK_MB * 1_000_000
     seconds = n * (2e-5 + classes * pixels * 2e-9)
     return {"mem_mb": BASE_MB + math.ceil(held / 1e6), "runtime": 5 + math.ceil(seconds / 60)}
+
+
+# ---- tables, t-SNE, explorer and the image figures: sizes from split sizes, layer widths and t-SNE points --------
+#
+# These jobs hold one feature set (or one layer) of the splits at a time, in float32, plus what their algorithm
+# needs beside it; the formulas name each term. HEADROOM covers what the terms leave out (allocator slack,
+# zarr's chunk buffers, library temporaries) and is applied to the data terms, not to BASE_MB; every mem_mb
+# below is at least JOB_FLOOR_MB.
+
+HEADROOM = 1.25
+# No job run by Snakemake peaked below ~805 MB here, however small its data (ingest, baseline and the explorer
+# at 20,000 MNIST images: 803-804 MB): the script's start-up reaches that high-water mark, and what the job then
+# allocates reuses it, so a request is never below this floor.
+JOB_FLOOR_MB = 1000
+OFFICIAL_TEST = {"MNIST": 10000, "CIFAR10": 10000}  # the test split a torchvision source keeps with n_test: null
+RESNET_HEAD_HIDDEN = 512  # embedscope.resnet.make_head's hidden width
+LOGREG_CLASSIFIER = "logreg"
+# embedscope.metrics' block sizes (kept equal by a test; importing metrics here would load pandas at DAG time)
+METRICS_BLOCK_BYTES = 64 * 1024 * 1024
+QUALITY_BLOCK_BYTES = 96 * 1024 * 1024
+WORKING_MEMORY_MB = 128
+
+
+def _mb(held_bytes: float) -> int:
+    return max(JOB_FLOOR_MB, BASE_MB + math.ceil(HEADROOM * held_bytes / 1e6))
+
+
+def _minutes(seconds: float, floor: int = 5) -> int:
+    return floor + math.ceil(HEADROOM * seconds / 60)
+
+
+def split_sizes(settings: Mapping[str, Any], extent: Extent) -> tuple[int, int]:
+    """``(n_train, n_test)`` a ``datasets.<id>`` entry keeps: its ``n_train``/``n_test`` where set; else a
+    torchvision source's official test split (the rest is train), or the rest of the images beside the other
+    one; an image folder with neither is bounded by all its images in both."""
+    n = extent.n_images
+    n_test, n_train = settings.get("n_test"), settings.get("n_train")
+    if n_test is None:
+        official = OFFICIAL_TEST.get(settings.get("name", "")) if settings.get("source") == "torchvision" else None
+        n_test = official if official is not None else (n - n_train if n_train is not None else n)
+    if n_train is None:
+        n_train = max(1, n - int(n_test))
+    return int(n_train), int(n_test)
+
+
+def tsne_points(settings: Mapping[str, Any], extent: Extent) -> int:
+    """Points of every t-SNE map: ``max_points`` when the test split is larger, else the test split."""
+    n_test = split_sizes(settings, extent)[1]
+    max_points = settings.get("max_points")
+    return n_test if max_points is None else min(int(max_points), n_test)
+
+
+def scattering_width(image_shape: Sequence[int], J: int, L: int) -> int:
+    """kymatio's 2-D scattering values per image: C x (1 + J L + L^2 J (J-1) / 2) x ceil(H/2^J) x ceil(W/2^J)."""
+    height, width, channels = (int(s) for s in image_shape)
+    coefficients = 1 + J * L + L * L * J * (J - 1) // 2
+    side = 2**J
+    return channels * coefficients * math.ceil(height / side) * math.ceil(width / side)
+
+
+def layer_widths(extractors: Sequence[str], extent: Extent, J: int = 2, L: int = 8) -> dict[tuple[str, str], int]:
+    """``{(extractor, layer): D}`` of every enabled layer: scattering by :func:`scattering_width`, ResNet-18's
+    body layers by their channels (globally average-pooled), the fine-tuned head by its widths and classes."""
+    from embedscope.layers import BODY_CHANNELS, EXTRACTOR_LAYERS
+
+    widths: dict[tuple[str, str], int] = {}
+    for extractor in extractors:
+        for layer in EXTRACTOR_LAYERS[extractor]:
+            if extractor == "scattering":
+                widths[extractor, layer] = scattering_width(extent.image_shape, J, L)
+            elif layer in BODY_CHANNELS:
+                widths[extractor, layer] = BODY_CHANNELS[layer]
+            else:
+                head = {"head_pool": 2 * BODY_CHANNELS["layer4"], "head_hidden": RESNET_HEAD_HIDDEN,
+                        "softmax": extent.n_classes}
+                widths[extractor, layer] = head[layer]
+    return widths
+
+
+def classifier_resources(extent: Extent, n_train: int, n_test: int, widths: Sequence[int],
+                         settings: Mapping[str, Any], threads: int = 1) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of evaluate_classifiers, which scores one feature set at a time.
+
+    With D = the widest of the raw pixels (H W C) and ``widths``, C = classes, T = trees:
+    mem_mb = BASE_MB + HEADROOM x (4 N D (the set in float32, N = n_train + n_test; logreg standardises it in
+    place and scikit-learn's lbfgs keeps float32 input in float32) + T x n_train x (64 + 8 C) B (the forest)
+    + 8 x CHUNK_MB x 1e6 (image or feature chunks being read)) / 1e6.
+    runtime = 5 + HEADROOM x seconds / 60, rounded up, with seconds = 30 + the sum over every set of width d of
+    (logreg: 4 iters x n_train d C x 0.25 ns; forest: T x n_train log2(n_train) sqrt(d) x 250 ns; kNN:
+    n_test n_train d x 1 ns) / threads, for the classifiers that ``settings`` enables.
+    """
+    pixels = _pixels(extent.image_shape)
+    sets = [pixels, *widths]
+    wide = max(sets)
+    classes = max(1, extent.n_classes)
+    names = settings.get("classifiers", ["logreg", "random_forest", "knn"])
+    trees = int(settings.get("random_forest_trees", 100)) if "random_forest" in names else 0
+    held = 4 * (n_train + n_test) * wide + trees * n_train * (64 + 8 * classes) + 8 * CHUNK_MB * 1e6
+    iters = int(settings.get("logreg_max_iter", 200))
+    work = 0.0
+    for d in sets:
+        if LOGREG_CLASSIFIER in names:
+            work += 4 * iters * n_train * d * classes * 2.5e-10
+        work += trees * n_train * math.log2(max(2, n_train)) * math.sqrt(d) * 2.5e-7
+        if "knn" in names:
+            work += n_test * n_train * d * 1e-9
+    return {"mem_mb": _mb(held), "runtime": _minutes(30 + work / max(1, threads))}
+
+
+def _quality_blocks(q: int, rows: int, d: int) -> float:
+    """Bytes of the blocked O(q^2) metrics and the float64 row blocks (embedscope.metrics' block sizes),
+    never more than the whole arrays they are blocks of."""
+    trust = min(QUALITY_BLOCK_BYTES, 3 * 8 * q * q)
+    silhouettes = 2 * min(WORKING_MEMORY_MB * 1e6, 8 * q * q)
+    blocks = 3 * min(METRICS_BLOCK_BYTES, 8 * rows * d)
+    return trust + silhouettes + blocks
+
+
+def embedding_resources(n_train: int, n_test: int, points: int, widths: Sequence[int],
+                        max_quality_points: int = 10000, threads: int = 1) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of evaluate_embeddings, which handles one layer at a time.
+
+    With q = min(points, max_quality_points), N = n_train + n_test and D the widest layer:
+    mem_mb = BASE_MB + HEADROOM x (4 N D (both splits in float32) + 8 q D (the quality subsample in float64)
+    + the blocks: min(96 MiB, 24 q^2) (trustworthiness) + 2 min(128 MB, 8 q^2) (silhouettes) + 3 min(64 MiB,
+    8 N D) (class sums)) / 1e6.
+    runtime = 5 + HEADROOM x (30 + the sum over layers of width d of (q^2 x (400 ns + 3 d x 0.1 ns) (ranks and
+    three distance passes) + 2 N d x 10 ns) / threads) / 60 minutes, rounded up.
+    """
+    q = min(int(points), int(max_quality_points))
+    rows = n_train + n_test
+    wide = max(widths)
+    held = 4 * rows * wide + 8 * q * wide + _quality_blocks(q, rows, wide)
+    work = sum(q * q * (4e-7 + 3 * d * 1e-10) + 2 * rows * d * 1e-8 for d in widths)
+    return {"mem_mb": _mb(held), "runtime": _minutes(30 + work / max(1, threads))}
+
+
+def tsne_resources(n_test: int, points: int, width: int, pca_components: int = 50, n_iter: int = 500,
+                   threads: int = 1) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of embed_tsne of one layer of width ``width`` on ``points`` of ``n_test``.
+
+    With p = points, d = width and d' = min(d, pca_components) (or d without PCA):
+    mem_mb = BASE_MB + HEADROOM x (4 n_test d (the test split) + 4 p d (the map's rows) + 16 p d (float64 copy
+    and PCA's centred copy) + min(8 p^2, 256 MB) (a block of the exact neighbour search's distances)
+    + 2 x 8 p x 1,000 (affinities and the FFT grid)) / 1e6.
+    runtime = 5 + HEADROOM x (10 + p d x 50 ns + p^2 d' x 1 ns + (250 + n_iter) x p x 10 us) / threads / 60 minutes,
+    rounded up.
+    """
+    p, d = int(points), int(width)
+    reduced = d if not pca_components or d <= pca_components else int(pca_components)
+    held = 4 * n_test * d + 4 * p * d + 16 * p * d + min(8 * p * p, 256e6) + 16 * p * 1000
+    seconds = 10 + (p * d * 5e-8 + p * p * reduced * 1e-9 + (250 + n_iter) * p * 1e-5) / max(1, threads)
+    return {"mem_mb": _mb(held), "runtime": _minutes(seconds)}
+
+
+def explorer_resources(extent: Extent, points: int, n_maps: int) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of build_explorer: only the map's points' images are read.
+
+    mem_mb = BASE_MB + HEADROOM x (n_test-sized csv reads aside, per point: H W C (its image) + 4 x THUMB_BYTES
+    (its PNG data URI as bytes, str, JSON and in the page) + n_maps x 2 x 4 x 40 B (its coordinates as float32,
+    as Python floats in the document and as JSON text)) / 1e6, with THUMB_BYTES = 100 + 2 H W C.
+    runtime = 5 + HEADROOM x (10 + p x (2 ms + n_maps x 20 us)) / 60 minutes, rounded up.
+    """
+    pixels = _pixels(extent.image_shape)
+    per_point = pixels + 4 * (100 + 2 * pixels) + n_maps * 2 * 4 * 40
+    seconds = 10 + points * (2e-3 + n_maps * 2e-5)
+    return {"mem_mb": _mb(points * per_point), "runtime": _minutes(seconds)}
+
+
+def thumbnail_figure_resources(extent: Extent, points: int, thumbnail_size: int = 20) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of plot_tsne_thumbs: the points' images, their thumbnails and one canvas.
+
+    With s = thumbnail_size and the canvas side c = clip(1.6 s sqrt(p), 600, 4,000) px (figures.thumbnail_canvas_px):
+    mem_mb = BASE_MB + HEADROOM x (p x (H W C + 4 x 3 s^2) + c^2 x 100 B (the canvas and matplotlib's RGBA and
+    float resampling buffers of it: 1,330 MB peak at 10,000 points, a 3,200-px canvas)) / 1e6.
+    runtime = 5 + HEADROOM x (10 + p x 200 us + c^2 x 100 ns) / 60 minutes, rounded up.
+    """
+    side = int(min(4000, max(600, round(thumbnail_size * math.sqrt(max(points, 1)) * 1.6))))
+    held = points * (_pixels(extent.image_shape) + 4 * 3 * thumbnail_size**2) + side * side * 100
+    seconds = 10 + points * 2e-4 + side * side * 1e-7
+    return {"mem_mb": _mb(held), "runtime": _minutes(seconds)}
+
+
+def top_losses_resources(extent: Extent, n_test: int, k: int = 9) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of plot_top_losses: predictions.csv and ``k`` images.
+
+    mem_mb = BASE_MB + HEADROOM x (n_test x (C + 5) x 8 x 3 (the csv parsed, as a frame and sorted) + k x H W C
+    x 8 + 50 MB (the figure)) / 1e6; runtime = 5 + ceil(HEADROOM x (10 + n_test x 5 us) / 60).
+    """
+    held = n_test * (max(1, extent.n_classes) + 5) * 8 * 3 + k * _pixels(extent.image_shape) * 8 + 50e6
+    return {"mem_mb": _mb(held), "runtime": _minutes(10 + n_test * 5e-6)}

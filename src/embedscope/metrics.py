@@ -33,16 +33,23 @@ from embedscope.artifacts import (
     read_tsne,
     write_table,
 )
-from embedscope.baseline import class_mean_images, nearest_class_mean
+from embedscope.baseline import streamed_baseline
 from embedscope.layers import EXTRACTOR_LAYERS
-from embedscope.store import StoreError, load_features, read_image_store
+from embedscope.store import StoreError, load_features, pixel_rows, read_image_index
 
 log = logging.getLogger("embedscope.metrics")
 
 CLASSIFIERS = ("logreg", "random_forest", "knn")
 PIXELS = "pixels"  # the `features` and `layer` value of raw-pixel rows
 DEFAULTS = {"classifiers": list(CLASSIFIERS), "knn_k": 10, "trustworthiness_k": 10, "random_forest_trees": 100,
-            "logreg_max_iter": 200}
+            "logreg_max_iter": 200, "max_quality_points": 10000}
+# Rows of float64 handled at once by the class-mean, NCC and NC1 passes: one block of rows, never N x D in float64.
+# 64 MiB holds a whole class (or test split) of the default study, so its sums keep the one-block shapes.
+BLOCK_BYTES = 64 * 1024 * 1024
+# scikit-learn's chunked pairwise reductions (silhouettes, kNN) work in blocks of this many MB (its default 1,024)
+WORKING_MEMORY_MB = 128
+# Blocked trustworthiness: one block's distances, argsort and inverted ranks (3 x rows x N x 8 B) fit in this.
+QUALITY_BLOCK_BYTES = 96 * 1024 * 1024
 
 
 def _settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -71,8 +78,9 @@ def macro_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict
             "macro_recall": float(recall), "macro_f1": float(f1)}
 
 
-def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: int):
-    """An unfitted scikit-learn estimator for one of CLASSIFIERS."""
+def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: int, in_place: bool = False):
+    """An unfitted scikit-learn estimator for one of CLASSIFIERS; ``in_place``: logreg's StandardScaler
+    overwrites the arrays it is given (fit and predict) instead of copying them."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -82,7 +90,7 @@ def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: 
     settings = _settings(settings)
     if name == "logreg":
         # lbfgs, multinomial; bounded iterations keep the widest layer (3,969 scattering values) to seconds.
-        return make_pipeline(StandardScaler(), LogisticRegression(
+        return make_pipeline(StandardScaler(copy=not in_place), LogisticRegression(
             max_iter=int(settings["logreg_max_iter"]), random_state=seed))
     if name == "random_forest":
         return RandomForestClassifier(n_estimators=int(settings["random_forest_trees"]), n_jobs=threads,
@@ -92,11 +100,14 @@ def make_classifier(name: str, settings: Mapping[str, Any], seed: int, threads: 
     raise ValueError(f"metrics.classifiers: unknown classifier {name!r}; expected one of {list(CLASSIFIERS)}")
 
 
-def fit_and_score(name, x_train, y_train, x_test, y_test, n_classes, settings, seed=0, threads=1) -> dict:
-    """Fit one classifier on the train split, score it on the test split; ``fit_seconds`` times the fit."""
+def fit_and_score(name, x_train, y_train, x_test, y_test, n_classes, settings, seed=0, threads=1,
+                  in_place: bool = False) -> dict:
+    """Fit one classifier on the train split, score it on the test split; ``fit_seconds`` times the fit.
+
+    ``in_place`` lets logreg standardise ``x_train`` and ``x_test`` in place (see :func:`score_feature_set`)."""
     from sklearn.exceptions import ConvergenceWarning
 
-    model = make_classifier(name, settings, seed, threads)
+    model = make_classifier(name, settings, seed, threads, in_place)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         start = time.perf_counter()
@@ -109,25 +120,79 @@ def fit_and_score(name, x_train, y_train, x_test, y_test, n_classes, settings, s
     return {**macro_scores(y_test, pred, n_classes), "fit_seconds": float(seconds)}
 
 
-def trustworthiness_score(features: np.ndarray, embedding: np.ndarray, k: int) -> float:
-    """scikit-learn's trustworthiness of ``embedding`` w.r.t. ``features`` (k clamped below n/2)."""
-    from sklearn.manifold import trustworthiness
+def _row_slices(n: int, width: int) -> list[slice]:
+    """Consecutive blocks of rows of a (n, width) array, each at most BLOCK_BYTES in float64."""
+    step = max(1, BLOCK_BYTES // (8 * max(1, int(width))))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
+
+def _row_groups(rows: np.ndarray, width: int) -> list[np.ndarray]:
+    """``rows`` split into blocks of at most BLOCK_BYTES of float64 values each (in order)."""
+    step = max(1, BLOCK_BYTES // (8 * max(1, int(width))))
+    return [rows[start : start + step] for start in range(0, len(rows), step)]
+
+
+def _running_sum(total: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+    """``total`` plus every row of ``block`` (float64), added one row after the other.
+
+    numpy's own axis-0 sum of a C-ordered matrix adds its rows one after the other, so continuing it from
+    ``total`` makes a sum taken in blocks equal, to the last bit, to the sum of the whole matrix."""
+    if total is None:
+        return block.sum(axis=0)
+    return np.concatenate([total[None], block]).sum(axis=0)
+
+
+def blocked_trustworthiness(features: np.ndarray, embedding: np.ndarray, k: int,
+                            block_rows: int | None = None) -> float:
+    """scikit-learn's ``trustworthiness(features, embedding, n_neighbors=k)``, computed in blocks of rows.
+
+    scikit-learn ranks every point's neighbours with three N x N arrays (distances, argsort, inverted
+    index: ~2.4 GB at 10,000 points); here each block of ``block_rows`` points gets the same three arrays for
+    its rows only, the ranks of its k 2-D neighbours are summed, and the block is dropped. Per row it is the
+    same Euclidean distances, the same argsort and the same formula, so the value is scikit-learn's.
+    """
+    from sklearn.metrics import pairwise_distances
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    embedded = NearestNeighbors(n_neighbors=k).fit(np.asarray(embedding, np.float64)).kneighbors(
+        return_distance=False)
+    step = block_rows or max(1, QUALITY_BLOCK_BYTES // (3 * 8 * n))
+    positions = np.arange(1, n + 1)
+    total = 0
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        local = np.arange(stop - start)
+        distances = pairwise_distances(x[start:stop], x)
+        distances[local, start + local] = np.inf  # a point is not its own neighbour
+        order = np.argsort(distances, axis=1)
+        del distances
+        inverted = np.empty_like(order)
+        inverted[local[:, None], order] = positions
+        ranks = inverted[local[:, None], embedded[start:stop]] - k
+        total += int(ranks[ranks > 0].sum())
+    return float(1.0 - total * (2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0))))
+
+
+def trustworthiness_score(features: np.ndarray, embedding: np.ndarray, k: int) -> float:
+    """scikit-learn's trustworthiness of ``embedding`` w.r.t. ``features`` (k clamped below n/2), in blocks."""
     n = len(features)
     k_used = min(int(k), (n - 1) // 2)
     if k_used < 1:
         raise ValueError(f"trustworthiness needs at least 3 points, got {n}")
     if k_used != k:
         log.warning("metrics.trustworthiness_k=%s is not below n/2 for %s points; using %s", k, n, k_used)
-    return float(trustworthiness(np.asarray(features, np.float64), np.asarray(embedding, np.float64),
-                                 n_neighbors=k_used))
+    return blocked_trustworthiness(features, embedding, k_used)
 
 
 def knn_accuracy_loo(points: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Leave-one-out accuracy of a k-nearest-neighbour majority vote (ties -> smallest label).
 
     Each point is classified by its ``k`` nearest *other* points, exactly as scikit-learn's
-    ``KNeighborsClassifier(k)`` under ``LeaveOneOut`` would (uniform weights, Euclidean).
+    ``KNeighborsClassifier(k)`` under ``LeaveOneOut`` would (uniform weights, Euclidean). Of the k + 1
+    nearest points the point itself is dropped wherever it stands (or, when duplicates push it out, the
+    (k+1)-th); the votes of all points are counted at once.
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -138,66 +203,110 @@ def knn_accuracy_loo(points: np.ndarray, labels: np.ndarray, k: int) -> float:
     if k < 1:
         raise ValueError(f"kNN accuracy needs at least 2 points, got {n}")
     neighbours = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points, return_distance=False)
-    correct = 0
+    voters = neighbours != np.arange(n)[:, None]
+    voters &= np.cumsum(voters, axis=1) <= k  # the first k neighbours that are not the point itself
     n_classes = int(labels.max()) + 1
-    for i, row in enumerate(neighbours):
-        others = row[row != i][:k]  # drop the point itself (wherever duplicates put it)
-        votes = np.bincount(labels[others], minlength=n_classes)
-        correct += int(np.argmax(votes) == labels[i])
-    return correct / n
+    cells = (np.arange(n)[:, None] * n_classes + labels[neighbours])[voters]
+    votes = np.bincount(cells, minlength=n * n_classes).reshape(n, n_classes)
+    return int(np.count_nonzero(np.argmax(votes, axis=1) == labels)) / n
 
 
 def silhouette(features: np.ndarray, labels: np.ndarray) -> float:
-    """Euclidean silhouette score; NaN when it is undefined (fewer than 2 classes, or every point a class)."""
+    """Euclidean silhouette score; NaN when it is undefined (fewer than 2 classes, or every point a class).
+
+    scikit-learn sums distances in blocks of WORKING_MEMORY_MB rather than its default 1 GB."""
+    from sklearn import config_context
     from sklearn.metrics import silhouette_score
 
     n_labels = len(np.unique(labels))
     if n_labels < 2 or n_labels >= len(labels):
         return float("nan")
-    return float(silhouette_score(np.asarray(features, np.float64), labels, metric="euclidean"))
+    with config_context(working_memory=WORKING_MEMORY_MB):
+        return float(silhouette_score(np.asarray(features, np.float64), labels, metric="euclidean"))
+
+
+def class_statistics(features: np.ndarray, labels: np.ndarray, n_classes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(means (C, D), counts (C,), global mean (D,))`` in float64 of (float32) features.
+
+    Summed in blocks of rows of at most BLOCK_BYTES in float64, so no N x D float64 copy is made; the sums
+    equal numpy's whole-matrix ``mean(axis=0)`` to the last bit (:func:`_running_sum`). A class without rows
+    keeps a zero mean and a zero count.
+    """
+    features = np.asarray(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    width = features.shape[1]
+    total = None
+    for rows in _row_slices(len(features), width):
+        total = _running_sum(total, np.asarray(features[rows], dtype=np.float64))
+    counts = np.bincount(labels, minlength=n_classes)[:n_classes]
+    means = np.zeros((n_classes, width))
+    for c in range(n_classes):
+        class_sum = None
+        for rows in _row_groups(np.flatnonzero(labels == c), width):
+            class_sum = _running_sum(class_sum, np.asarray(features[rows], dtype=np.float64))
+        if class_sum is not None:
+            means[c] = class_sum / counts[c]
+    return means, counts, (total if total is not None else np.zeros(width)) / max(1, len(features))
 
 
 def class_centres(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class means of feature vectors (C, D): the baseline's class-mean images, in feature space."""
-    return class_mean_images(np.asarray(features), labels, n_classes)
+    """Class means of feature vectors (C, D) float64; a class with no member is an error."""
+    means, counts, _ = class_statistics(features, labels, n_classes)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ValueError(f"class {int(empty[0])} has no training sample, so it has no mean")
+    return means
 
 
-def ncc_accuracy(x_train, y_train, x_test, y_test, n_classes: int) -> float:
-    """Nearest-class-centre accuracy: centres (means) from the train split, Euclidean, applied to test."""
-    centres = class_centres(x_train, y_train, n_classes)
-    x = np.asarray(x_test, dtype=np.float64)
-    dist = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None, :]
-    return float(np.mean(np.argmin(dist, axis=1) == np.asarray(y_test)))
+def ncc_accuracy(x_train, y_train, x_test, y_test, n_classes: int, centres: np.ndarray | None = None) -> float:
+    """Nearest-class-centre accuracy: centres (means) from the train split, Euclidean, applied to test (scored
+    in blocks of rows); ``centres`` when they are at hand already."""
+    centres = class_centres(x_train, y_train, n_classes) if centres is None else centres
+    y_test = np.asarray(y_test)
+    centre_norms = (centres**2).sum(1)[None, :]
+    correct = 0
+    for rows in _row_slices(len(x_test), centres.shape[1]):
+        x = np.asarray(x_test[rows], dtype=np.float64)
+        dist = (x**2).sum(1)[:, None] - 2 * x @ centres.T + centre_norms
+        correct += int(np.count_nonzero(np.argmin(dist, axis=1) == y_test[rows]))
+    return correct / len(y_test)
 
 
-def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> float:
+def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int | None = None, statistics=None) -> float:
     """Within-class variability collapse NC1 = trace(S_W pinv(S_B)) / C (Papyan, Han & Donoho 2020).
 
     S_W: within-class covariance, the mean over classes of each class's covariance around its mean
     (1/n_c normalisation); S_B: covariance of the C class means around the global mean of all samples,
     (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T. S_B has rank <= C-1, so pinv(S_B) is taken through the thin
-    SVD of the centred means and no D x D matrix is formed (the widest layer has D = 3,969); singular values
-    below numpy's pinv cut-off (max(D, D) * eps relative to the largest) count as zero.
+    SVD of the centred means and no D x D matrix is formed (the widest layer has D = 15,552); singular values
+    below numpy's pinv cut-off (max(D, D) * eps relative to the largest) count as zero. Means and residuals
+    are taken in float64 blocks of rows (:func:`class_statistics`), never as an N x D float64 copy;
+    ``statistics`` is class_statistics' result when it is at hand.
     """
-    h = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)
     labels = np.asarray(labels, dtype=np.int64)
     n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
-    present = [c for c in range(n_classes) if np.any(labels == c)]
+    all_means, counts, global_mean = statistics or class_statistics(features, labels, n_classes)
+    present = [c for c in range(n_classes) if counts[c] > 0]
     if len(present) < 2:
         raise ValueError("NC1 needs samples of at least two classes")
-    means = np.stack([h[labels == c].mean(axis=0) for c in present])  # (C, D)
-    centred = means - h.mean(axis=0)
+    means = all_means[present]  # (C, D)
+    centred = means - global_mean
     u, s, _ = np.linalg.svd(centred.T, full_matrices=False)  # centred.T = U diag(s) V^T, U (D, C)
     eig = s**2 / len(present)  # eigenvalues of S_B
-    keep = eig > eig.max() * h.shape[1] * np.finfo(np.float64).eps
+    keep = eig > eig.max() * features.shape[1] * np.finfo(np.float64).eps
     if eig.max() <= 0 or not np.any(keep):
         return float("inf")
     u, eig = u[:, keep], eig[keep]
     # trace(S_W U diag(1/eig) U^T) = sum_j (u_j^T S_W u_j) / eig_j, with u_j^T S_W u_j from projected residuals.
     projected_sw = np.zeros(len(eig))
     for index, c in enumerate(present):
-        z = (h[labels == c] - means[index]) @ u  # (n_c, r)
-        projected_sw += (z**2).mean(axis=0)
+        squares = None
+        for rows in _row_groups(np.flatnonzero(labels == c), features.shape[1]):
+            z = (np.asarray(features[rows], dtype=np.float64) - means[index]) @ u  # (rows, r)
+            squares = _running_sum(squares, z**2)
+        projected_sw += squares / counts[c]
     projected_sw /= len(present)
     return float(np.sum(projected_sw / eig) / len(present))
 
@@ -221,38 +330,37 @@ def _check_layers(extractor: str, store: str | Path) -> list[str]:
     return expected
 
 
-def baseline_rows(data, baseline_csv: str | Path, dataset: str) -> list[dict]:
+def baseline_rows(image_store, baseline_csv: str | Path, dataset: str, n_classes: int) -> list[dict]:
     """Nearest-class-mean rows (one per distance in the baseline's metrics.csv), with precision and recall.
 
-    Recomputed from the image store with embedscope.baseline, and checked against the baseline's own
-    accuracy so the table cannot silently disagree with it.
+    Recomputed from the image store chunk by chunk with :func:`embedscope.baseline.streamed_baseline` (what
+    the baseline rule runs), and checked against the baseline's own accuracy so the table cannot silently
+    disagree with it.
     """
     path = Path(baseline_csv)
     table = read_baseline(path)
-    x_train, y_train, _ = data.subset("train")
-    x_test, y_test, _ = data.subset("test")
-    n_classes = len(data.class_names)
+    distances = [str(d) for d in table["distance"]]
     start = time.perf_counter()
-    means = class_mean_images(x_train, y_train, n_classes)
+    means, y_test, predictions = streamed_baseline(image_store, n_classes, distances)
     seconds = time.perf_counter() - start
     rows = []
-    for distance, reported in zip(table["distance"], table["accuracy"], strict=True):
-        pred = nearest_class_mean(x_test, means, str(distance))
-        scores = macro_scores(y_test, pred, n_classes)
+    for distance, reported in zip(distances, table["accuracy"], strict=True):
+        scores = macro_scores(y_test, predictions[distance], n_classes)
         if abs(scores["accuracy"] - float(reported)) > 1e-9:
             raise ArtifactError(f"baseline metrics {path}: {distance} accuracy {reported} but the image store gives "
                              f"{scores['accuracy']}; is the baseline stale?")
         rows.append({"dataset": dataset, "features": PIXELS, "layer": PIXELS,
-                     "D": int(np.prod(x_train.shape[1:])), "classifier": f"class_mean_{distance}",
+                     "D": int(np.prod(means.shape[1:])), "classifier": f"class_mean_{distance}",
                      **scores, "fit_seconds": seconds})
     return rows
 
 
 def cnn_row(predictions_csv: str | Path, data, dataset: str) -> dict:
-    """The fine-tuned CNN's own test predictions (predictions.csv), checked against the image store."""
+    """The fine-tuned CNN's own test predictions (predictions.csv), checked against the image store's
+    labels (``data``: its :class:`~embedscope.store.ImageIndex`)."""
     path = Path(predictions_csv)
     table = read_predictions(path)
-    _, y_test, test_index = data.subset("test")
+    test_index = data.indices("test")
     if sorted(table["index"].tolist()) != sorted(test_index.tolist()):
         raise ArtifactError(f"predictions {path}: 'index' is not the test split of the image store "
                          f"({len(table)} rows for {len(test_index)} test images)")
@@ -266,43 +374,76 @@ def cnn_row(predictions_csv: str | Path, data, dataset: str) -> dict:
             "fit_seconds": float("nan")}
 
 
-def feature_sets(data, extractors: Sequence[str], feature_stores: Sequence[str | Path]):
-    """Yield ``(features, layer, x_train, y_train, x_test, y_test)``: raw pixels first, then every layer."""
-    x_train, y_train, _ = data.subset("train")
-    x_test, y_test, _ = data.subset("test")
-    yield PIXELS, PIXELS, pixel_features(x_train), y_train, pixel_features(x_test), y_test
+def feature_sets(image_store, extractors: Sequence[str], feature_stores: Sequence[str | Path]):
+    """Yield ``(features, layer, x_train, y_train, x_test, y_test)``: raw pixels first, then every layer.
+
+    One set at a time: each is read (pixels chunk by chunk into one float32 array) only when the consumer
+    asks for the next, after the generator has dropped the previous one, so a consumer that drops its own
+    references before asking holds one feature set at a time.
+    """
     if len(extractors) != len(feature_stores):
         raise ValueError(f"{len(extractors)} extractors but {len(feature_stores)} feature stores")
+    x_train, y_train = pixel_rows(image_store, "train")
+    x_test, y_test = pixel_rows(image_store, "test")
+    yield PIXELS, PIXELS, x_train, y_train, x_test, y_test
+    del x_train, x_test
     for extractor, store in zip(extractors, feature_stores, strict=True):
         for layer in _check_layers(extractor, store):
             train = load_features(store, layer, "train")
             test = load_features(store, layer, "test")
             yield extractor, layer, train.features, train.labels, test.features, test.labels
+            del train, test
+
+
+def score_feature_set(x_train, y_train, x_test, y_test, n_classes: int, settings, seed: int = 0,
+                      threads: int = 1) -> dict[str, dict]:
+    """``{classifier: scores}`` of every configured classifier on one feature set, in the settings' order.
+
+    logreg is fitted last, with its StandardScaler standardising ``x_train`` and ``x_test`` in place: lbfgs
+    gets the very float32 values the copying pipeline would give it (so the scores do not change), without a
+    standardised copy of the set; scikit-learn's lbfgs keeps float32 input in float32 (no float64 copy either).
+    Both arrays hold standardised values afterwards.
+    """
+    names = list(settings["classifiers"])
+    scores = {}
+    for name in sorted(names, key=lambda n: n == "logreg"):
+        scores[name] = fit_and_score(name, x_train, y_train, x_test, y_test, n_classes, settings, seed, threads,
+                                     in_place=True)
+        log.info("%s: accuracy %.4f (%.1f s)", name, scores[name]["accuracy"], scores[name]["fit_seconds"])
+    return {name: scores[name] for name in names}
 
 
 def classifier_table(image_store, extractors: Sequence[str], feature_stores: Sequence[str | Path],
                      baseline_csv=None, predictions_csv=None, dataset: str = "", settings=None,
                      seed: int = 0, threads: int = 1) -> pd.DataFrame:
-    """Every classifier on every feature set (CLASSIFIER_COLUMNS), plus baseline and CNN rows."""
+    """Every classifier on every feature set (CLASSIFIER_COLUMNS), plus baseline and CNN rows.
+
+    Feature sets are read, scored and dropped one at a time (:func:`feature_sets`)."""
     from threadpoolctl import threadpool_limits
 
     from embedscope.runtime import progress
 
     settings = _settings(settings)
-    data = read_image_store(image_store)
+    data = read_image_index(image_store)
     n_classes = len(data.class_names)
     rows = []
+    n_sets = 1 + sum(len(EXTRACTOR_LAYERS[e]) for e in extractors)
+    # a bar updated by hand: one wrapping the generator would keep the previous set alive while the next loads
+    bar = progress(total=n_sets, desc="feature sets")
     with threadpool_limits(limits=max(1, int(threads))):
-        sets = list(feature_sets(data, extractors, feature_stores))
-        for features, layer, x_train, y_train, x_test, y_test in progress(sets, desc="feature sets"):
-            for name in settings["classifiers"]:
-                scores = fit_and_score(name, x_train, y_train, x_test, y_test, n_classes, settings, seed, threads)
-                log.info("%s/%s %s: accuracy %.4f (%.1f s)", features, layer, name, scores["accuracy"],
-                         scores["fit_seconds"])
-                rows.append({"dataset": dataset, "features": features, "layer": layer, "D": int(x_train.shape[1]),
-                             "classifier": name, **scores})
+        for features, layer, x_train, y_train, x_test, y_test in feature_sets(image_store, extractors,
+                                                                              feature_stores):
+            log.info("%s/%s: %d x %d train values", features, layer, *x_train.shape)
+            width = int(x_train.shape[1])
+            scores = score_feature_set(x_train, y_train, x_test, y_test, n_classes, settings, seed, threads)
+            del x_train, x_test  # before the next set is read
+            bar.update()
+            for name, values in scores.items():
+                rows.append({"dataset": dataset, "features": features, "layer": layer, "D": width,
+                             "classifier": name, **values})
+        bar.close()
         if baseline_csv is not None:
-            rows += baseline_rows(data, baseline_csv, dataset)
+            rows += baseline_rows(image_store, baseline_csv, dataset, n_classes)
         if predictions_csv is not None:
             rows.append(cnn_row(predictions_csv, data, dataset))
     return pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS)
@@ -315,8 +456,8 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
     settings = _settings(settings)
     table = classifier_table(image_store, extractors, feature_stores, baseline_csv, predictions_csv or None,
                              dataset, settings, seed, threads)
-    data = read_image_store(image_store)
-    n_train, n_test = int(np.sum(data.split == 0)), int(np.sum(data.split == 1))
+    data = read_image_index(image_store)
+    n_train, n_test = len(data.indices("train")), len(data.indices("test"))
     notes = [
         f"Fitted on the train split ({n_train} images), scored on the test split ({n_test} images); seed {seed}.",
         f"`pixels`: raw pixels / 255. `logreg`: StandardScaler + lbfgs LogisticRegression "
@@ -335,38 +476,64 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
 # ---- the embedding-quality table ---------------------------------------------------------------------
 
 
-def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, dataset: str = "") -> dict:
-    """One row of EMBEDDING_COLUMNS for one (extractor, layer)."""
-    settings = _settings(settings)
-    train = load_features(store, layer, "train")
-    test = load_features(store, layer, "test")
-    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    tsne = read_tsne(tsne_csv)
+def map_rows(test, tsne: pd.DataFrame, tsne_csv, store, layer: str) -> np.ndarray:
+    """Positions in the test split ``test`` (a FeatureSet) of the t-SNE map's points, in the map's order."""
     position = {int(i): row for row, i in enumerate(test.index)}
     missing = [int(i) for i in tsne["index"] if int(i) not in position]
     if missing:
         raise ArtifactError(f"t-SNE map {tsne_csv}: {len(missing)} indices (e.g. {missing[:3]}) are not in the test "
                          f"split of {store}/{layer}")
-    rows = np.array([position[int(i)] for i in tsne["index"]])
-    features = test.features[rows]
-    labels = test.labels[rows]
-    if not np.array_equal(labels, tsne["label"].to_numpy()):
+    rows = np.array([position[int(i)] for i in tsne["index"]], dtype=np.int64)
+    if not np.array_equal(test.labels[rows], tsne["label"].to_numpy()):
         raise ArtifactError(f"t-SNE map {tsne_csv}: 'label' disagrees with {store}/{layer}")
-    embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64)
+    return rows
+
+
+def map_quality(features: np.ndarray, embedding: np.ndarray, labels: np.ndarray, settings, seed: int = 0) -> dict:
+    """The map's columns of EMBEDDING_COLUMNS: kNN accuracy on every point; trustworthiness and both
+    silhouettes (O(n^2) in time) on a seeded stratified subsample of at most ``max_quality_points``
+    (:func:`embedscope.tsne.tsne_subset`; every point when the map is no larger), whose size is ``n_quality``.
+    Only the subsample's features are converted to float64."""
+    from embedscope.tsne import tsne_subset
+
+    quality = tsne_subset(labels, settings["max_quality_points"], seed)
+    if len(quality) < len(labels):
+        log.info("trustworthiness and silhouettes on %d of %d points (metrics.max_quality_points)", len(quality),
+                 len(labels))
+    sample = np.asarray(features[quality], dtype=np.float64)
     return {
-        "dataset": dataset, "extractor": extractor, "layer": layer, "D": int(features.shape[1]),
-        "n": len(features),
-        "trustworthiness": trustworthiness_score(features, embedding, settings["trustworthiness_k"]),
+        "n_quality": len(quality),
+        "trustworthiness": trustworthiness_score(sample, embedding[quality], settings["trustworthiness_k"]),
         "knn_accuracy_2d": knn_accuracy_loo(embedding, labels, settings["knn_k"]),
-        "silhouette_features": silhouette(features, labels),
-        "silhouette_2d": silhouette(embedding, labels),
-        "ncc_accuracy": ncc_accuracy(train.features, train.labels, test.features, test.labels, n_classes),
-        "nc1": nc1(train.features, train.labels, n_classes),
+        "silhouette_features": silhouette(sample, labels[quality]),
+        "silhouette_2d": silhouette(embedding[quality], labels[quality]),
     }
 
 
+def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, dataset: str = "",
+                  seed: int = 0) -> dict:
+    """One row of EMBEDDING_COLUMNS for one (extractor, layer): the map's metrics on the test split, then the
+    class statistics of the train split (read after the map's float64 subsample is dropped)."""
+    settings = _settings(settings)
+    test = load_features(store, layer, "test")
+    tsne = read_tsne(tsne_csv)
+    rows = map_rows(test, tsne, tsne_csv, store, layer)
+    embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64)
+    row = {"dataset": dataset, "extractor": extractor, "layer": layer, "D": int(test.features.shape[1]),
+           "n": len(rows), **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
+    train = load_features(store, layer, "train")
+    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    statistics = class_statistics(train.features, train.labels, n_classes)
+    if np.any(statistics[1] == 0):
+        raise ValueError(f"class {int(np.flatnonzero(statistics[1] == 0)[0])} has no training sample, so it has "
+                         "no mean")
+    row["ncc_accuracy"] = ncc_accuracy(None, None, test.features, test.labels, n_classes, statistics[0])
+    row["nc1"] = nc1(train.features, train.labels, n_classes, statistics)
+    return row
+
+
 def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", settings=None,
-                    threads: int = 1) -> pd.DataFrame:
+                    threads: int = 1, seed: int = 0) -> pd.DataFrame:
     """Rows for every layer of every extractor; ``tsne_csvs`` lists the maps in extractor-then-layer order."""
     from threadpoolctl import threadpool_limits
 
@@ -379,20 +546,23 @@ def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", se
     rows = []
     with threadpool_limits(limits=max(1, int(threads))):
         for (extractor, store, layer), csv in progress(list(zip(pairs, tsne_csvs, strict=True)), desc="layers"):
-            rows.append(embedding_row(store, extractor, layer, csv, settings, dataset))
+            rows.append(embedding_row(store, extractor, layer, csv, settings, dataset, seed))
             log.info("%s/%s: %s", extractor, layer, rows[-1])
     return pd.DataFrame(rows, columns=EMBEDDING_COLUMNS)
 
 
 def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path, dataset: str = "", settings=None,
-                        threads: int = 1, weights: str | None = None) -> pd.DataFrame:
+                        threads: int = 1, weights: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Write embedding_quality.csv and embedding_quality.md (the workflow's evaluate_embeddings rule)."""
     settings = _settings(settings)
-    table = embedding_table(extractors, feature_stores, tsne_csvs, dataset, settings, threads)
+    table = embedding_table(extractors, feature_stores, tsne_csvs, dataset, settings, threads, seed)
+    n_quality = sorted({int(v) for v in table["n_quality"]})
     notes = [
         f"`n` points: those of the t-SNE map (its `index` column), the test split or its seeded subset; "
-        f"`trustworthiness` (k = {settings['trustworthiness_k']}), `knn_accuracy_2d` and both silhouettes are "
-        "computed on them.",
+        f"`knn_accuracy_2d` is computed on all of them, `trustworthiness` (k = {settings['trustworthiness_k']}) "
+        "and both silhouettes on `n_quality` of them: all, or a seeded stratified subsample of "
+        f"metrics.max_quality_points = {settings['max_quality_points']} (seed {seed}) where the map is larger; "
+        f"here n_quality = {', '.join(map(str, n_quality)) or 'n/a'}.",
         f"`knn_accuracy_2d`: leave-one-out k-nearest-neighbour accuracy (k = {settings['knn_k']}) in the 2-D map.",
         "`silhouette_features`/`silhouette_2d`: Euclidean silhouette of the class labels in the layer's feature "
         "space / in the 2-D map.",

@@ -320,6 +320,68 @@ def iter_image_chunks(path: str | os.PathLike, split: str | None = None
         yield images[start:stop][wanted], labels[start:stop][wanted]
 
 
+@dataclass
+class ImageIndex:
+    """What an image store says about its rows, without the images: labels, split codes and class names."""
+
+    labels: np.ndarray  # int64 (N,)
+    split: np.ndarray  # uint8 (N,), codes into SPLIT_NAMES
+    class_names: list[str]
+    image_shape: tuple[int, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Sample indices of one split (all samples for ``None``), in store order."""
+        if split is None:
+            return np.arange(len(self.labels))
+        return np.flatnonzero(self.split == split_code(split))
+
+
+def read_image_index(path: str | os.PathLike) -> ImageIndex:
+    """Labels, split and class names of an image store; no image is read."""
+    group = open_complete(path)
+    attrs = dict(group.attrs)
+    return ImageIndex(
+        labels=group["labels"][...].astype(np.int64),
+        split=group["split"][...].astype(np.uint8),
+        class_names=list(attrs["class_names"]),
+        image_shape=tuple(int(s) for s in group["images"].shape[1:]),
+        attrs=attrs,
+    )
+
+
+def read_image_rows(path: str | os.PathLike, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``images[rows]`` uint8 (len(rows), H, W, C) in the order given, read by orthogonal indexing: only the
+    chunks that hold one of the rows are read and decoded."""
+    images = open_complete(path)["images"]
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= images.shape[0]):
+        raise StoreError(f"image store {path} has {images.shape[0]} rows; asked for rows {int(rows.min())}.."
+                         f"{int(rows.max())}")
+    if not len(rows):
+        return np.zeros((0, *images.shape[1:]), dtype=np.uint8)
+    unique, inverse = np.unique(rows, return_inverse=True)  # sorted, as orthogonal selections are read best
+    taken = np.asarray(images.oindex[(unique, *(slice(None),) * (images.ndim - 1))])
+    return taken[inverse]
+
+
+def pixel_rows(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels, labels)`` of one split: images flattened and scaled to 0..1 in float32, filled chunk by chunk
+    of stored rows into one preallocated array (no uint8 or float64 copy of the split is ever whole)."""
+    index = read_image_index(path)
+    rows = index.indices(split)
+    width = int(np.prod(index.image_shape))
+    pixels = np.empty((len(rows), width), dtype=np.float32)
+    labels = np.empty(len(rows), dtype=np.int64)
+    filled = 0
+    for images, block_labels in iter_image_chunks(path, split):
+        stop = filled + len(images)
+        pixels[filled:stop] = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
+        labels[filled:stop] = block_labels
+        filled = stop
+    return pixels, labels
+
+
 def read_image_store(path: str | os.PathLike) -> ImageSet:
     group = open_complete(path)
     attrs = dict(group.attrs)

@@ -154,8 +154,9 @@ def synthetic_map(labels: np.ndarray, m: int, n_classes: int, rng: np.random.Gen
 def synthetic_quality_row(extractor: str, layer: str, m: int, n_points: int) -> dict[str, object]:
     """An embedding-quality row whose numbers tell map ``m`` apart (trustworthiness 0.9 + m / 1000, ...)."""
     return {"dataset": "synthetic", "extractor": extractor, "layer": layer, "D": 64 * (m + 1), "n": n_points,
-            "trustworthiness": 0.9 + m / 1000, "knn_accuracy_2d": 0.5 + m / 100, "silhouette_features": 0.1 + m / 100,
-            "silhouette_2d": 0.2 + m / 100, "ncc_accuracy": 0.6 + m / 100, "nc1": 3.0 - m / 10}
+            "n_quality": n_points, "trustworthiness": 0.9 + m / 1000, "knn_accuracy_2d": 0.5 + m / 100,
+            "silhouette_features": 0.1 + m / 100, "silhouette_2d": 0.2 + m / 100, "ncc_accuracy": 0.6 + m / 100,
+            "nc1": 3.0 - m / 10}
 
 
 def write_synthetic_inputs(
