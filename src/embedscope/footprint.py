@@ -12,7 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-BASE_MB = 600  # one Python process with numpy, zarr, PIL, pandas, scikit-learn and matplotlib imported
+# No job run by Snakemake peaked below ~805 MB here, however small its data (ingest, baseline and the explorer
+# at 20,000 MNIST images: 803-804 MB): the script's start-up reaches that high-water mark before the job's data,
+# so BASE_MB starts every request there, and no request is below JOB_FLOOR_MB.
+BASE_MB = 850
+JOB_FLOOR_MB = 1000
 CHUNK_MB = 2  # one chunk of rows of an image store (store.CHUNK_BYTES)
 LARGE_ORIGINAL = (1024, 1024, 3)  # an image folder's original files are assumed no larger than this to decode
 KNOWN_SOURCES = {  # source -> (images, (H, W, C)) of the fixed-size sources
@@ -54,7 +58,7 @@ def _pixels(shape: Sequence[int]) -> int:
 def ingest_resources(extent: Extent, threads: int = 1) -> dict[str, int]:
     """``{"mem_mb", "runtime"}`` of ingest.
 
-    mem_mb = BASE_MB + held / 1e6, where held is
+    mem_mb = max(JOB_FLOOR_MB, BASE_MB + held / 1e6), where held is
       - in memory: HELD_PER_PIXEL[source] x N x H x W x C (the source's arrays at their peak: 10 for
         embedded, 3 for torchvision);
       - streamed: N x 1 kB (the listing, labels and split) + 8 x threads x max(H x W x C, LARGE_ORIGINAL pixels)
@@ -69,21 +73,21 @@ def ingest_resources(extent: Extent, threads: int = 1) -> dict[str, int]:
         in_flight = 8 * max(1, threads) * max(pixels, _pixels(LARGE_ORIGINAL))
         held = n * 1000 + in_flight + 3 * CHUNK_MB * 1_000_000
     seconds = n * (0.002 + pixels * 1e-8) / max(1, threads)
-    return {"mem_mb": BASE_MB + math.ceil(held / 1e6), "runtime": 5 + math.ceil(seconds / 60)}
+    return {"mem_mb": max(JOB_FLOOR_MB, BASE_MB + math.ceil(held / 1e6)), "runtime": 5 + math.ceil(seconds / 60)}
 
 
 def baseline_resources(extent: Extent) -> dict[str, int]:
     """``{"mem_mb", "runtime"}`` of the class-mean baseline, which reads the store chunk by chunk.
 
-    mem_mb = BASE_MB + (N x 24 B (labels, split, predictions) + 4 x C_classes x H x W x C x 8 B (means, sums and
-    the L1 difference block) + 6 x 8 x CHUNK_MB (a chunk of rows in float64 and its temporaries)) / 1e6.
+    mem_mb = max(JOB_FLOOR_MB, BASE_MB + (N x 24 B (labels, split, predictions) + 4 x C_classes x H x W x C x 8 B
+    (means, sums and the L1 difference block) + 6 x 8 x CHUNK_MB (a chunk of rows in float64, temporaries)) / 1e6).
     runtime = 5 + N x (20 us + C_classes x H x W x C x 2 ns) / 60 minutes, rounded up (L1 scores row by row).
     """
     pixels = _pixels(extent.image_shape)
     n, classes = extent.n_images, max(1, extent.n_classes)
     held = n * 24 + 4 * classes * pixels * 8 + 6 * 8 * CHUNK_MB * 1_000_000
     seconds = n * (2e-5 + classes * pixels * 2e-9)
-    return {"mem_mb": BASE_MB + math.ceil(held / 1e6), "runtime": 5 + math.ceil(seconds / 60)}
+    return {"mem_mb": max(JOB_FLOOR_MB, BASE_MB + math.ceil(held / 1e6)), "runtime": 5 + math.ceil(seconds / 60)}
 
 
 # ---- tables, t-SNE, explorer and the image figures: sizes from split sizes, layer widths and t-SNE points --------
@@ -94,10 +98,6 @@ def baseline_resources(extent: Extent) -> dict[str, int]:
 # below is at least JOB_FLOOR_MB.
 
 HEADROOM = 1.25
-# No job run by Snakemake peaked below ~805 MB here, however small its data (ingest, baseline and the explorer
-# at 20,000 MNIST images: 803-804 MB): the script's start-up reaches that high-water mark, and what the job then
-# allocates reuses it, so a request is never below this floor.
-JOB_FLOOR_MB = 1000
 OFFICIAL_TEST = {"MNIST": 10000, "CIFAR10": 10000}  # the test split a torchvision source keeps with n_test: null
 RESNET_HEAD_HIDDEN = 512  # embedscope.resnet.make_head's hidden width
 LOGREG_CLASSIFIER = "logreg"
