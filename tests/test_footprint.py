@@ -25,7 +25,8 @@ def test_ingest_of_in_memory_sources(settings, threads, expected):
 
 def test_ingest_of_an_image_folder_grows_with_files_and_threads_not_pixels_held():
     extent = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 20000, 10)
-    # max(1000, 850 + (20,000 x 1 kB + 8 x threads x 3,145,728 B + 6 MB) / 1e6; 5 + ceil(20,000 x 2.03072 ms / threads / 60)
+    # max(1000, 850 + (20,000 x 1 kB + 8 x threads x 3,145,728 B + 6 MB) / 1e6);
+    # 5 + ceil(20,000 x 2.03072 ms / threads / 60)
     assert ingest_resources(extent, 1) == {"mem_mb": 1000, "runtime": 6}
     assert ingest_resources(extent, 4) == {"mem_mb": 1000, "runtime": 6}
     bigger = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 200000, 10)
@@ -33,7 +34,8 @@ def test_ingest_of_an_image_folder_grows_with_files_and_threads_not_pixels_held(
 
 
 def test_baseline_reads_chunks():
-    # max(1000, 850 + (5,000 x 24 + 4 x 10 x 784 x 8 + 6 x 8 x 2e6) / 1e6 = 850 + ceil(96.37)); 5 + ceil(5,000 x 35.7 us / 60)
+    # max(1000, 850 + (5,000 x 24 + 4 x 10 x 784 x 8 + 6 x 8 x 2e6) / 1e6 = 850 + ceil(96.37));
+    # 5 + ceil(5,000 x 35.7 us / 60)
     assert baseline_resources(dataset_extent({"source": "embedded"})) == {"mem_mb": 1000, "runtime": 6}
     cifar = dataset_extent({"source": "torchvision", "name": "CIFAR10"})
     # max(1000, 850 + ceil(1.44 + 0.98 + 96)); 5 + ceil(60,000 x (20 us + 61.44 us) = 4.9 s / 60)
