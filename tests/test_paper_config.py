@@ -86,10 +86,6 @@ def _job_counts(output: str) -> dict[str, int]:
 
 @pytest.mark.e2e
 def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
-    missing = [f"rules/{m}" for m in re.findall(r'include: "rules/(\w+\.smk)"', (REPO / "Snakefile").read_text())
-               if not (REPO / "rules" / m).is_file()]
-    if missing:
-        pytest.skip(f"rule files not written yet: {missing}")
     work = tmp_path / "repo"
     shutil.copytree(REPO, work, ignore=COPY_IGNORE)
     snakemake = str(Path(sys.executable).with_name("snakemake"))
