@@ -70,3 +70,9 @@ def quality_tables(page_text: str) -> dict[tuple[str, str], dict[str, str]]:
         table = {labels[label]: shown for label, shown in parser.rows}
         assert tables.setdefault((extractor, layer), table) == table, (extractor, layer)
     return tables
+
+
+def expected_quality_table(row) -> dict[str, str]:
+    """What the page must show for one embedding-quality row: D and n whole, the rest to three decimals."""
+    return {column: str(int(row[column])) if column in ("D", "n") else f"{round(float(row[column]), 3):.3f}"
+            for column in QUALITY_LABELS}

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from explorer_page import doc_json, quality_tables
+from explorer_page import doc_json, expected_quality_table, quality_tables
 
 from embedscope.artifacts import (
     ArtifactError,
@@ -18,7 +18,6 @@ from embedscope.artifacts import (
     write_tsne,
 )
 from embedscope.explorer import (
-    QUALITY_LABELS,
     ExplorerError,
     build_explorer,
     explorer_document,
@@ -103,12 +102,6 @@ def test_document_contents(page):
     x, _ = scale_unit(tsne["x"].to_numpy(), tsne["y"].to_numpy())
     assert np.allclose(data[f"x__{layer_key(*MAPS[3])}"], x)
     assert np.abs(np.r_[data["x"], data["y"]]).max() <= 1 + 1e-6
-
-
-def expected_quality_table(row) -> dict[str, str]:
-    """What the page must show for one embedding-quality row: D and n whole, the rest to three decimals."""
-    return {column: str(int(row[column])) if column in ("D", "n") else f"{round(float(row[column]), 3):.3f}"
-            for column in QUALITY_LABELS}
 
 
 def test_quality_numbers_per_layer(page):
