@@ -12,6 +12,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# On the CI machine (root, Chromium and SLURM installed by tests/setup.sh) every test must run: a skip there means
+# a missing package or a broken setup, so it is reported as a failure with its reason.
+CI = os.environ.get("CI") == "true"
 
 # A small but complete study: every extractor, layer, figure and table of the default run, on 500 images.
 SMALL_CONFIG = {
@@ -24,6 +27,35 @@ SMALL_CONFIG = {
     "tsne": {"perplexity": 15, "n_iter": 250},
     "metrics": {"random_forest_trees": 20},
 }
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (file, line, "Skipped: reason")
+        return f"{longrepr[2]} ({longrepr[0]}:{longrepr[1]})"
+    return str(longrepr)
+
+
+def _fail_skip(report) -> None:
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI=true, where every test must run: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        _fail_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a module-level pytest.skip / importorskip skips a whole file at collection
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped:
+        _fail_skip(report)
 
 
 def write_config(workdir: Path, config: dict) -> Path:

@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from explorer_page import doc_json, expected_quality_table, quality_tables
 
-from embedscope.artifacts import ArtifactError, read_predictions, read_tsne, write_text, write_tsne
+from embedscope.artifacts import (
+    ArtifactError,
+    read_embedding_quality,
+    read_predictions,
+    read_tsne,
+    write_text,
+    write_tsne,
+)
 from embedscope.explorer import (
     ExplorerError,
     build_explorer,
@@ -35,12 +43,6 @@ class Resources(HTMLParser):
         self.scripts += tag == "script"
         if tag in ("script", "link", "img", "iframe"):
             self.urls += [v for k, v in attrs if k in ("src", "href") and v]
-
-
-def doc_json(text):
-    """The Bokeh document JSON embedded in the page."""
-    match = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', text, re.S)
-    return json.loads(match.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +106,14 @@ def test_document_contents(page):
 
 
 def test_quality_numbers_per_layer(page):
-    path, _, _ = page
-    text = path.read_text()
-    assert "0.912" in text  # trustworthiness of map 12 (0.9 + 12/1000)
-    assert "t-SNE trustworthiness" in text
+    path, inputs, _ = page
+    tables = quality_tables(path.read_text())
+    assert sorted(tables) == sorted(MAPS)
+    quality = read_embedding_quality(inputs["quality_csv"]).set_index(["extractor", "layer"])
+    for key in MAPS:
+        assert tables[key] == expected_quality_table(quality.loc[key]), key
+    # the synthetic rows tell the maps apart: map 12 has trustworthiness 0.9 + 12/1000
+    assert tables[MAPS[12]]["trustworthiness"] == "0.912"
 
 
 def test_predictions_from_finetuned_csv_and_none(tmp_path):

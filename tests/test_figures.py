@@ -169,8 +169,9 @@ def test_activation_maps_of_a_body():
 
 
 def test_activations_finetuned_checkpoint(files, tmp_path):
-    finetune = pytest.importorskip("embedscope.finetune")
     import torch
+
+    from embedscope import finetune
 
     model = finetune.FinetunedResNet18(10, "random")
     path = tmp_path / "model.pt"

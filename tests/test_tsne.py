@@ -42,7 +42,7 @@ def test_opentsne_separates_blobs_and_is_deterministic(blobs):
     x, y = blobs
     a = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=0, n_jobs=1)
     assert a.shape == (300, 2) and np.isfinite(a).all()
-    assert knn_accuracy_2d(a, y) >= 0.95
+    assert knn_accuracy_2d(a, y) == 1.0  # every odd row next to its own blob
     b = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=0, n_jobs=1)
     assert np.array_equal(a, b)
     c = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=1, n_jobs=1)
@@ -53,7 +53,7 @@ def test_sklearn_method_separates_blobs_and_is_deterministic(blobs):
     x, y = blobs
     a = embed_tsne(x[:150], "sklearn", perplexity=15, pca_components=0, n_iter=250, seed=0)
     b = embed_tsne(x[:150], "sklearn", perplexity=15, pca_components=0, n_iter=250, seed=0)
-    assert knn_accuracy_2d(a, y[:150]) >= 0.95
+    assert knn_accuracy_2d(a, y[:150]) == 1.0
     assert np.array_equal(a, b)
 
 

@@ -1,14 +1,28 @@
 """The real DAG end to end on a small embedded config (the `small_run` fixture), and its guarantees."""
 
+import re
+import subprocess
+import sys
+
 import numpy as np
-import pandas as pd
 import pytest
 import zarr
-from conftest import SMALL_CONFIG, run_snakemake, write_config
+from conftest import REPO, SMALL_CONFIG, run_snakemake, write_config
+from explorer_page import expected_quality_table, quality_tables
+from reference.make_default_study_reference import (
+    SMALL_REFERENCE,
+    differences,
+    read_reference,
+    study_numbers,
+    value,
+)
+
+from embedscope.artifacts import read_baseline, read_embedding_quality
+from embedscope.layers import EXTRACTOR_LAYERS
 
 pytestmark = pytest.mark.e2e
 DS = "mnist_small"
-
+SCRIPT = REPO / "tests" / "reference" / "make_default_study_reference.py"
 
 
 def test_every_stage_wrote_its_outputs(small_run):
@@ -16,9 +30,9 @@ def test_every_stage_wrote_its_outputs(small_run):
     assert (results / f"data/{DS}.zarr/zarr.json").is_file()
     group = zarr.open_group(str(results / f"data/{DS}.zarr"), mode="r")
     assert group["images"].shape == (500, 28, 28, 1) and group.attrs["complete"] is True
-    metrics = pd.read_csv(results / f"baseline/{DS}/metrics.csv")
+    metrics = read_baseline(results / f"baseline/{DS}/metrics.csv")
     l1 = metrics.loc[metrics.distance == "l1", "accuracy"].item()
-    assert 0.5 < l1 < 0.8
+    assert l1 == value(read_reference(SMALL_REFERENCE), "baseline", "l1", "accuracy")
     for extractor, dims in {
         "scattering": {"scattering": 3969},
         "resnet18": {"conv1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
@@ -36,9 +50,44 @@ def test_every_stage_wrote_its_outputs(small_run):
         assert (results / path.format(ds=DS)).stat().st_size > 0, path
 
 
+def test_small_study_numbers_are_the_reference(small_run):
+    """Every key number of the run (baseline, classifiers, embedding quality, CNN) is tests/reference's."""
+    assert differences(study_numbers(small_run / "results", DS), read_reference(SMALL_REFERENCE)) == []
+
+
+def test_reference_script_checks_a_run(small_run, tmp_path):
+    check = [sys.executable, str(SCRIPT), str(small_run / "results"), "--dataset", DS, "--check"]
+    result = subprocess.run([*check, "--out", str(SMALL_REFERENCE)], capture_output=True, text=True)
+    assert result.returncode == 0 and "every number matches" in result.stdout, result.stdout + result.stderr
+    # a reference written from this run equals the committed one, line for line
+    written = tmp_path / "small_study.csv"
+    write = [sys.executable, str(SCRIPT), str(small_run / "results"), "--dataset", DS, "--out", str(written)]
+    subprocess.run(write, check=True, capture_output=True)
+    assert written.read_text() == SMALL_REFERENCE.read_text()
+    other = read_reference(SMALL_REFERENCE)
+    other.loc[other["table"] == "cnn", "value"] -= 1 / 200  # one test image fewer right
+    other.to_csv(tmp_path / "other.csv", index=False)
+    result = subprocess.run([*check, "--out", str(tmp_path / "other.csv")], capture_output=True, text=True)
+    assert result.returncode == 1 and "cnn / resnet18_finetuned / test_accuracy: run" in result.stdout
+
+
+def test_explorer_shows_each_layers_quality_numbers(small_run):
+    results = small_run / "results"
+    tables = quality_tables((results / f"explorer/{DS}.html").read_text())
+    maps = [(e, layer) for e in SMALL_CONFIG["extractors"] for layer in EXTRACTOR_LAYERS[e]]
+    assert sorted(tables) == sorted(maps)
+    quality = read_embedding_quality(results / f"metrics/{DS}/embedding_quality.csv").set_index(["extractor", "layer"])
+    for key in maps:
+        assert tables[key] == expected_quality_table(quality.loc[key]), key
+        assert tables[key]["n"] == str(SMALL_CONFIG["datasets"][DS]["n_test"])
+
+
 def test_every_job_has_a_log(small_run):
     logs = list((small_run / "results" / "logs").rglob("*.log"))
-    assert len(logs) >= 20
+    # the fixture's run wrote the first main log (named by its start time); later tests may add dry runs
+    main_log = sorted((small_run / ".snakemake" / "log").glob("*.snakemake.log"))[0]
+    jobs = int(re.search(r"^total\s+(\d+)\s*$", main_log.read_text(), re.M).group(1))
+    assert jobs == 73 and len(logs) == jobs - 1  # every job but rule `all` writes one
     tsne_log = small_run / "results/logs/tsne" / DS / "scattering/scattering.log"
     assert tsne_log.is_file()
 
@@ -76,4 +125,4 @@ def test_same_config_same_numbers(small_run, tmp_path):
             for layer in a.attrs["layers"]:
                 assert np.array_equal(a[f"{layer}/features"][...], b[f"{layer}/features"][...]), layer
         else:
-            pd.testing.assert_frame_equal(pd.read_csv(first), pd.read_csv(second))
+            assert first.read_bytes() == second.read_bytes(), target
