@@ -12,7 +12,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYERS  # noqa: E402
 from embedscope.configcheck import check_config  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
-from embedscope.footprint import baseline_resources, dataset_extent, ingest_resources  # noqa: E402
+from embedscope.footprint import (  # noqa: E402
+    baseline_resources,
+    dataset_extent,
+    extraction_resources,
+    finetune_resources,
+    ingest_resources,
+    stored_extent,
+)
 from embedscope.sources import list_imagefolder  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -27,6 +34,7 @@ ENV = "../envs/embedscope.yaml"
 IMAGES = "results/data/{dataset}.zarr"
 BASELINE = "results/baseline/{dataset}/metrics.csv"
 FEATURES = "results/features/{dataset}/{extractor}.zarr"
+FEATURE_SHARD = "results/features/{dataset}/{extractor}.shards/{shard}-of-{shards}.zarr"  # temporary
 MODEL = "results/models/{dataset}/resnet18_finetuned.pt"
 TRAINING_LOG = "results/models/{dataset}/training_log.csv"
 PREDICTIONS = "results/models/{dataset}/predictions.csv"
@@ -161,6 +169,54 @@ def ingest_size(wildcards, threads):
 
 def baseline_size(wildcards):
     return baseline_resources(extent_of(wildcards.dataset))
+
+
+def extraction_section(extractor):
+    """The config section of an extractor's batch size and shards: the fine-tuned extractor shares resnet18's."""
+    return "resnet18" if extractor == "resnet18_finetuned" else extractor
+
+
+def extraction_settings(extractor):
+    """An extractor's config section without `shards`: how a store is split into jobs does not change it, so it
+    is no params change of extraction either."""
+    return {k: v for k, v in config.get(extractor, {}).items() if k != "shards"}
+
+
+def feature_shards(extractor):
+    return int(config[extraction_section(extractor)]["shards"])
+
+
+SHARDED_EXTRACTORS = [e for e in EXTRACTOR_LAYERS if feature_shards(e) > 1]
+UNSHARDED_EXTRACTORS = [e for e in EXTRACTOR_LAYERS if feature_shards(e) == 1]
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly `names` (nothing when there are none)."""
+    return "|".join(names) if names else "(?!)"
+
+
+def shard_stores(wildcards):
+    shards = feature_shards(wildcards.extractor)
+    return [FEATURE_SHARD.format(dataset=wildcards.dataset, extractor=wildcards.extractor, shard=i, shards=shards)
+            for i in range(shards)]
+
+
+def extraction_size(wildcards, job="all"):
+    """Resources of one extraction job: `all` of the store, one `shard` of it, or the `gather` of the shards."""
+    extractor = wildcards.extractor
+    extent = stored_extent(extent_of(wildcards.dataset), dataset_settings(wildcards.dataset))
+    section = config[extraction_section(extractor)]
+    return extraction_resources(extent, extractor, section["batch_size"], config.get("scattering", {}),
+                                resize=config["resnet18"]["resize"], shards=feature_shards(extractor), job=job,
+                                cuda=bool(GPU))
+
+
+def finetune_size(wildcards, threads):
+    """Resources of fine-tuning; on CUDA its loader runs `threads` worker processes."""
+    extent = stored_extent(extent_of(wildcards.dataset), dataset_settings(wildcards.dataset))
+    recipe = config["finetune"]
+    return finetune_resources(extent, recipe["batch_size"], recipe["stage1_epochs"], recipe["stage2_epochs"],
+                              resize=config["resnet18"]["resize"], cuda=bool(GPU), workers=threads if GPU else 0)
 
 
 def activation_image(dataset):
