@@ -1,4 +1,5 @@
-"""Job sizes from the data: the memory (MB) and time (minutes) the ingest and baseline rules request.
+"""Job sizes from the data: the memory (MB) and time (minutes) the ingest, baseline, feature extraction (and its
+shard and gather jobs) and fine-tuning rules request.
 
 Pure functions of what the workflow knows at DAG time (the config and, for an image folder, its listing), so
 that a cluster profile gets a request that grows with the dataset instead of one fixed guess. Every number
