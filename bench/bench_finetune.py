@@ -29,26 +29,31 @@ from embedscope.resnet import FinetunedResNet18  # noqa: E402
 PHASES = ((1, "stage 1 (head + body BN)"), (2, "stage 2 (all)"), (0, "inference"))
 
 
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float:
+    """images/s of ``steps`` batches after two warm-up batches: training through the workflow's loader (uint8
+    batches, preprocessed on the device) and train_one_epoch, or inference as the extractor runs it."""
     amp = device == "cuda"
     model = FinetunedResNet18(10).to(device)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(batch * (steps + 2), size, size, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(batch * steps, size, size, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, size=len(images))
-    loader = ft.BatchLoader(images, labels, batch, shuffle=stage > 0, drop_last=True)
-    criterion = nn.CrossEntropyLoss()
-    if stage == 0:  # inference, as the resnet18_finetuned extractor runs it
+    warm_up = ft.make_loader(images[: 2 * batch], labels[: 2 * batch], batch, device=device)
+    loader = ft.make_loader(images, labels, batch, shuffle=stage > 0, drop_last=True, device=device)
+    if stage == 0:  # inference, as the resnet18_finetuned extractor runs it (batches preprocessed beforehand)
         model.eval()
-        batches = list(loader)
+        batches = [ft.to_device_batch(x, y, device)[0] for x, y in [*warm_up, *loader]]
         with torch.inference_mode():
-            for i, (x, _) in enumerate(batches):
+            for i, x in enumerate(batches):
                 if i == 2:
-                    if device == "cuda":
-                        torch.cuda.synchronize()
+                    _synchronize(device)
                     start = time.perf_counter()
-                model.embeddings(x.to(device))
-        if device == "cuda":
-            torch.cuda.synchronize()
+                model.embeddings(x)
+        _synchronize(device)
         return batch * steps / (time.perf_counter() - start)
     recipe = ft.recipe_from_config({"stage2_lr_min": 1e-4, "stage2_lr_max": 1e-3})
     ft.freeze_body(model, frozen=stage == 1)
@@ -56,18 +61,13 @@ def measure(device: str, stage: int, steps: int, size: int, batch: int) -> float
     optimizer = ft.make_optimizer(model, recipe, lrs)
     scheduler = ft.one_cycle(optimizer, recipe, lrs, steps + 2)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    times = []
-    last = [time.perf_counter()]
-
-    def on_step(loss, lrs):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    ft.train_one_epoch(model, criterion, optimizer, loader, device, 0, scheduler, scaler, on_step, amp, "bench")
-    return batch * steps / sum(times[2:])  # the first two steps warm up
+    criterion = nn.CrossEntropyLoss()
+    ft.train_one_epoch(model, criterion, optimizer, warm_up, device, 0, scheduler, scaler, None, amp, "warm-up")
+    _synchronize(device)
+    start = time.perf_counter()
+    ft.train_one_epoch(model, criterion, optimizer, loader, device, 0, scheduler, scaler, None, amp, "bench")
+    _synchronize(device)
+    return batch * steps / (time.perf_counter() - start)
 
 
 def measure_all(steps: int, size: int, batch: int) -> list[dict]:

@@ -13,13 +13,18 @@ from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYE
 from embedscope.configcheck import check_config  # noqa: E402
 from embedscope.gpus import candidate_devices  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
-from embedscope.footprint import baseline_resources, dataset_extent, ingest_resources  # noqa: E402
 from embedscope.footprint import (  # noqa: E402
+    baseline_resources,
     classifier_resources,
+    dataset_extent,
     embedding_resources,
     explorer_resources,
+    extraction_resources,
+    finetune_resources,
+    ingest_resources,
     layer_widths,
     split_sizes,
+    stored_extent,
     thumbnail_figure_resources,
     top_losses_resources,
     tsne_points,
@@ -38,6 +43,7 @@ ENV = "../envs/embedscope.yaml"
 IMAGES = "results/data/{dataset}.zarr"
 BASELINE = "results/baseline/{dataset}/metrics.csv"
 FEATURES = "results/features/{dataset}/{extractor}.zarr"
+FEATURE_SHARD = "results/features/{dataset}/{extractor}.shards/{shard}-of-{shards}.zarr"  # temporary
 MODEL = "results/models/{dataset}/resnet18_finetuned.pt"
 TRAINING_LOG = "results/models/{dataset}/training_log.csv"
 PREDICTIONS = "results/models/{dataset}/predictions.csv"
@@ -222,6 +228,54 @@ def thumbnail_figure_size(wildcards):
 
 def top_losses_size(wildcards):
     return top_losses_resources(extent_of(wildcards.dataset), splits_of(wildcards.dataset)[1])
+
+
+def extraction_section(extractor):
+    """The config section of an extractor's batch size and shards: the fine-tuned extractor shares resnet18's."""
+    return "resnet18" if extractor == "resnet18_finetuned" else extractor
+
+
+def extraction_settings(extractor):
+    """An extractor's config section without `shards`: how a store is split into jobs does not change it, so it
+    is no params change of extraction either."""
+    return {k: v for k, v in config.get(extractor, {}).items() if k != "shards"}
+
+
+def feature_shards(extractor):
+    return int(config[extraction_section(extractor)]["shards"])
+
+
+SHARDED_EXTRACTORS = [e for e in EXTRACTOR_LAYERS if feature_shards(e) > 1]
+UNSHARDED_EXTRACTORS = [e for e in EXTRACTOR_LAYERS if feature_shards(e) == 1]
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly `names` (nothing when there are none)."""
+    return "|".join(names) if names else "(?!)"
+
+
+def shard_stores(wildcards):
+    shards = feature_shards(wildcards.extractor)
+    return [FEATURE_SHARD.format(dataset=wildcards.dataset, extractor=wildcards.extractor, shard=i, shards=shards)
+            for i in range(shards)]
+
+
+def extraction_size(wildcards, job="all"):
+    """Resources of one extraction job: `all` of the store, one `shard` of it, or the `gather` of the shards."""
+    extractor = wildcards.extractor
+    extent = stored_extent(extent_of(wildcards.dataset), dataset_settings(wildcards.dataset))
+    section = config[extraction_section(extractor)]
+    return extraction_resources(extent, extractor, section["batch_size"], config.get("scattering", {}),
+                                resize=config["resnet18"]["resize"], shards=feature_shards(extractor), job=job,
+                                cuda=bool(GPU))
+
+
+def finetune_size(wildcards, threads):
+    """Resources of fine-tuning; on CUDA its loader runs `threads` worker processes."""
+    extent = stored_extent(extent_of(wildcards.dataset), dataset_settings(wildcards.dataset))
+    recipe = config["finetune"]
+    return finetune_resources(extent, recipe["batch_size"], recipe["stage1_epochs"], recipe["stage2_epochs"],
+                              resize=config["resnet18"]["resize"], cuda=bool(GPU), workers=threads if GPU else 0)
 
 
 def activation_image(dataset):

@@ -1,6 +1,8 @@
 # Feature extraction: results/data/{dataset}.zarr -> results/features/{dataset}/{extractor}.zarr, one group per
 # layer (scattering: `scattering`; resnet18: the eight body children, globally average-pooled;
 # resnet18_finetuned: layer4, head_pool, head_hidden and softmax of the fine-tuned checkpoint).
+# With `shards: k` > 1 in the extractor's config section, k jobs each write the rows of one shard into a temporary
+# store (FEATURE_SHARD) and `gather_features` joins them into the same store one job would write.
 
 
 rule extract_features:
@@ -11,11 +13,13 @@ rule extract_features:
         model=lambda w: MODEL.format(dataset=w.dataset) if w.extractor == "resnet18_finetuned" else [],
     output:
         store=directory(FEATURES),
+    wildcard_constraints:
+        extractor=one_of(UNSHARDED_EXTRACTORS),
     params:
         # The extractor's config section; the fine-tuned extractor's settings are in its checkpoint, and it
         # shares resnet18's batch size.
-        settings=lambda w: config.get(w.extractor, {}),
-        batch_size=lambda w: config["resnet18" if w.extractor == "resnet18_finetuned" else w.extractor]["batch_size"],
+        settings=lambda w: extraction_settings(w.extractor),
+        batch_size=lambda w: config[extraction_section(w.extractor)]["batch_size"],
         seed=config["seed"],
         resources="resources",
     log:
@@ -24,8 +28,51 @@ rule extract_features:
         f"{BENCHMARKS}/features/{{dataset}}/{{extractor}}.tsv"
     threads: 4
     resources:
-        **gpu_resources(mem_mb=4000, runtime=120),
+        **gpu_resources(
+            mem_mb=lambda w: extraction_size(w)["mem_mb"],
+            runtime=lambda w: extraction_size(w)["runtime"],
+        ),
     conda:
         ENV
     script:
         "../workflow_scripts/extract_features.py"
+
+
+use rule extract_features as extract_feature_shard with:
+    output:
+        store=temp(directory(FEATURE_SHARD)),
+    wildcard_constraints:
+        extractor=one_of(SHARDED_EXTRACTORS),
+        shard=r"\d+",
+        shards=r"\d+",
+    params:
+        shard=lambda w: (int(w.shard), int(w.shards)),
+    log:
+        f"{LOGS}/features/{{dataset}}/{{extractor}}.{{shard}}-of-{{shards}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dataset}}/{{extractor}}.{{shard}}-of-{{shards}}.tsv"
+    resources:
+        **gpu_resources(
+            mem_mb=lambda w: extraction_size(w, "shard")["mem_mb"],
+            runtime=lambda w: extraction_size(w, "shard")["runtime"],
+        ),
+
+
+rule gather_features:
+    input:
+        shards=shard_stores,
+    output:
+        store=directory(FEATURES),
+    wildcard_constraints:
+        extractor=one_of(SHARDED_EXTRACTORS),
+    log:
+        f"{LOGS}/features/{{dataset}}/{{extractor}}.gather.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dataset}}/{{extractor}}.gather.tsv"
+    resources:
+        mem_mb=lambda w: extraction_size(w, "gather")["mem_mb"],
+        runtime=lambda w: extraction_size(w, "gather")["runtime"],
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/gather_features.py"

@@ -22,7 +22,10 @@ rule finetune_resnet18:
         f"{BENCHMARKS}/models/{{dataset}}/resnet18_finetuned.tsv"
     threads: 8
     resources:
-        **gpu_resources(mem_mb=8000, runtime=240),
+        **gpu_resources(
+            mem_mb=lambda w, threads: finetune_size(w, threads)["mem_mb"],
+            runtime=lambda w, threads: finetune_size(w, threads)["runtime"],
+        ),
     conda:
         ENV
     script:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import zarr
 
-from embedscope.features import extract_features
+from embedscope.features import extract_features, gather_feature_shards, shard_rows
 from embedscope.layers import BODY_CHANNELS, BODY_LAYERS
 from embedscope.resnet import body_of, build_resnet18, preprocess
 from embedscope.store import StoreError, layer_names, load_features, read_image_store, write_image_store
@@ -161,6 +161,45 @@ def test_bad_inputs_leave_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.zarr"]
 
 
+def test_shard_rows_are_whole_batches_covering_every_row():
+    assert [shard_rows(150, 32, i, 4) for i in range(4)] == [(0, 64), (64, 128), (128, 150), (150, 150)]
+    assert [shard_rows(100, 16, i, 4) for i in range(4)] == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert [shard_rows(10, 256, i, 2) for i in range(2)] == [(0, 10), (10, 10)]
+    with pytest.raises(ValueError, match="shard 4 is not one of 0..3"):
+        shard_rows(100, 16, 4, 4)
+
+
+def store_contents(path):
+    """Root and layer attributes, and every array with its chunking, of a feature store."""
+    group = zarr.open_group(str(path), mode="r")
+    arrays = {(layer, name): (group[layer][name][...], group[layer][name].chunks)
+              for layer in group.attrs["layers"] for name in ("features", "labels", "split", "index")}
+    return dict(group.attrs), {layer: dict(group[layer].attrs) for layer in group.attrs["layers"]}, arrays
+
+
+def assert_same_store(a, b):
+    attrs_a, layers_a, arrays_a = store_contents(a)
+    attrs_b, layers_b, arrays_b = store_contents(b)
+    assert attrs_a == attrs_b and layers_a == layers_b and arrays_a.keys() == arrays_b.keys()
+    for key, (values, chunks) in arrays_a.items():
+        assert np.array_equal(values, arrays_b[key][0]) and chunks == arrays_b[key][1], key
+
+
+@pytest.mark.parametrize(("extractor", "settings"), [("scattering", SCATTERING), ("resnet18", RESNET)])
+def test_gathered_shards_equal_one_run(gray, tmp_path, extractor, settings):
+    root, _ = gray
+    shards = [tmp_path / f"{i}-of-4.zarr" for i in range(4)]  # 64, 64, 22 and 0 rows
+    for i, path in enumerate(shards):
+        extract_features(root / "images.zarr", path, extractor, settings, batch_size=32, shard=(i, 4))
+    assert zarr.open_group(str(shards[1]), mode="r").attrs["shard"] == {"shard": 1, "of": 4, "rows": [64, 128]}
+    assert layer_names(shards[3]) == []
+    gather_feature_shards(shards, tmp_path / "gathered.zarr")
+    assert_same_store(tmp_path / "gathered.zarr", root / f"{extractor}.zarr")
+    with pytest.raises(StoreError, match="is not shard 0 of 3"):
+        gather_feature_shards(shards[1:], tmp_path / "bad.zarr")
+    assert not (tmp_path / "bad.zarr").exists()
+
+
 MINI_SNAKEFILE = """
 configfile: "config.yaml"
 
@@ -178,7 +217,7 @@ rule all:
 """
 
 
-def mini_workflow(tmp_path, weights="random"):
+def mini_workflow(tmp_path, weights="random", shards=1):
     """The real rules/ and workflow_scripts/ with a Snakefile that includes only data, downloads and features."""
     from pathlib import Path
 
@@ -188,7 +227,8 @@ def mini_workflow(tmp_path, weights="random"):
     (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE)
     (tmp_path / "config.yaml").write_text(
         "datasets:\n  tiny: {source: embedded, n_train: 60, n_test: 40}\n"
-        f"extractors: [scattering, resnet18]\ndevice: cpu\nresnet18: {{weights: {weights}, batch_size: 32}}\n"
+        f"extractors: [scattering, resnet18]\ndevice: cpu\nresnet18: {{weights: {weights}, batch_size: 32, "
+        f"shards: {shards}}}\nscattering: {{batch_size: 16, shards: {shards}}}\n"
     )
     return [str(Path(sys.executable).with_name("snakemake")), "--directory", str(tmp_path), "-s",
             str(tmp_path / "Snakefile")]
@@ -215,3 +255,22 @@ def test_imagenet_weights_come_from_download_rule(tmp_path):
                          capture_output=True, text=True, check=True)
     assert "download_weights" in out.stdout
     assert "resources/weights/resnet18-f37072fd.pth" in out.stdout
+
+
+@pytest.mark.e2e
+def test_sharded_rules_write_the_store_of_one_job(tmp_path):
+    runs = {}
+    for shards in (1, 4):
+        workdir = tmp_path / f"k{shards}"
+        workdir.mkdir()
+        snakemake = mini_workflow(workdir, shards=shards)
+        subprocess.run([*snakemake, "--cores", "2"], check=True, capture_output=True, text=True)
+        runs[shards] = workdir
+    logs = runs[4] / "results/logs/features/tiny"
+    for extractor in ("scattering", "resnet18"):
+        assert_same_store(runs[4] / f"results/features/tiny/{extractor}.zarr",
+                          runs[1] / f"results/features/tiny/{extractor}.zarr")
+        assert not (runs[4] / f"results/features/tiny/{extractor}.shards").exists()  # temp(): gone once gathered
+        assert sorted(p.name for p in logs.glob(f"{extractor}.*")) == [
+            f"{extractor}.{i}-of-4.log" for i in range(4)] + [f"{extractor}.gather.log"]
+        assert (runs[1] / f"results/logs/features/tiny/{extractor}.log").is_file()

@@ -1,5 +1,6 @@
 """Fine-tuning: model head, freezing, one-cycle schedule, learning, checkpoints, resume, fine-tuned features."""
 
+import hashlib
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from embedscope.artifacts import read_predictions, read_training_log
 from embedscope.features import extract_features
 from embedscope.layers import BODY_LAYERS, FINETUNED_LAYERS
 from embedscope.resnet import ConcatPool2d, FinetunedResNet18, FinetuneError, preprocess
-from embedscope.store import layer_names, load_features, open_complete, write_image_store
+from embedscope.store import layer_names, load_features, open_complete, read_image_store, write_image_store
 
 SIZE = 16  # small images keep ResNet-18 fast; layer4 is 1x1 here
 
@@ -76,7 +77,7 @@ def test_stage1_step_freezes_convs_but_trains_batchnorm():
     optimizer = ft.make_optimizer(model, recipe, lrs)
     scheduler = ft.one_cycle(optimizer, recipe, lrs, 10)
     images, labels = toy_images(16)
-    loader = ft.BatchLoader(images, labels, 16, shuffle=True)
+    loader = ft.make_loader(images, labels, 16, shuffle=True)
     before = {k: v.clone() for k, v in model.body.state_dict().items()}
     ft.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, "cpu", 0, scheduler)
     after = model.body.state_dict()
@@ -146,12 +147,109 @@ def test_bad_recipe_names_the_key():
         ft.recipe_from_config({"bogus": 1})
 
 
+def test_loader_yields_uint8_batches_in_randperm_order_of_the_seed():
+    images, labels = toy_images(100)
+    loader = ft.make_loader(images, labels, 32, shuffle=True, drop_last=True, seed=3)
+    for seed in (7, 8):
+        loader.batch_sampler.set_seed(seed)
+        batches = list(loader)
+        order = torch.randperm(100, generator=torch.Generator().manual_seed(seed))
+        assert len(batches) == len(loader) == 3  # 100 // 32: the partial batch of 4 is dropped
+        for i, (x, y) in enumerate(batches):
+            assert x.dtype == torch.uint8 and tuple(x.shape) == (32, SIZE, SIZE, 1)
+            assert torch.equal(x, torch.from_numpy(images)[order[32 * i : 32 * (i + 1)]])
+            assert torch.equal(y, torch.from_numpy(labels)[order[32 * i : 32 * (i + 1)]])
+    ordered = list(ft.make_loader(images, labels, 32))
+    assert [len(y) for _, y in ordered] == [32, 32, 32, 4]
+    assert torch.equal(torch.cat([x for x, _ in ordered]), torch.from_numpy(images))
+    # fewer images than one batch: drop_last keeps the only (partial) batch
+    assert [len(y) for _, y in ft.make_loader(images[:20], labels[:20], 32, shuffle=True, drop_last=True)] == [20]
+
+
+def test_loader_holds_the_given_array_and_leaves_the_global_generator_alone():
+    images, labels = toy_images(64)
+    loader = ft.make_loader(images, labels, 16, shuffle=True, drop_last=True)
+    assert np.shares_memory(loader.dataset.images.numpy(), images)
+    assert loader.num_workers == 0 and not loader.pin_memory  # on the CPU: no workers, no pinned copies
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    list(loader)
+    assert torch.equal(torch.rand(3), expected)  # dropout masks seeded per epoch stay where they were
+
+
+def test_training_data_is_one_preallocated_array_per_split(toy_store):
+    data, fingerprint = ft._read_data(toy_store)
+    whole = read_image_store(toy_store)
+    for split in ("train", "test"):
+        assert data.images[split].dtype == np.uint8 and data.images[split].flags.owndata
+        assert np.array_equal(data.images[split], whole.subset(split)[0])
+        assert np.array_equal(data.index[split], whole.indices(split))
+    train, test = ft._loaders(data, 16, 0, "cpu", workers=4)
+    assert np.shares_memory(train.dataset.images.numpy(), data.images["train"])
+    assert np.shares_memory(test.dataset.images.numpy(), data.images["test"])
+    assert train.num_workers == 0  # workers only on CUDA
+    # the digest of the whole arrays, hashed at once as before: resume files and checkpoints keep their digests
+    digest = hashlib.sha256()
+    for array in (whole.images, whole.labels, whole.split):
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    assert fingerprint == digest.hexdigest()[:16]
+
+
+def test_scheduler_steps_only_after_a_real_optimizer_step():
+    """A real CPU GradScaler; the gradient of batch 1 is made infinite, so GradScaler skips that step."""
+    torch.manual_seed(0)
+    images, labels = toy_images(64)
+    model = FinetunedResNet18(2)
+    ft.freeze_body(model, frozen=True)
+    recipe = ft.recipe_from_config(quick_recipe())
+    lrs = ft.stage_lrs(recipe, 1)
+    optimizer = ft.make_optimizer(model, recipe, lrs)
+    scheduler = ft.one_cycle(optimizer, recipe, lrs, 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    backward_passes = []
+
+    def poison_second_batch(grad):
+        backward_passes.append(1)
+        return grad * math.inf if len(backward_passes) == 2 else grad
+
+    model.head.fc2.weight.register_hook(poison_second_batch)
+    seen = []
+    loader = ft.make_loader(images, labels, 16)
+    ft.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, "cpu", 0, scheduler, scaler,
+                       lambda loss, step_lrs: seen.append(step_lrs[0]))
+    assert scaler.get_scale() == 512.0  # backed off once, after batch 1
+    assert scheduler.last_epoch == 3  # 4 batches, 3 optimizer steps
+    assert seen[1] == seen[2]  # batch 2 trains with batch 1's learning rate: the skipped step did not advance it
+    assert len(set(seen)) == 3
+
+
+def test_step_losses_are_reported_in_order_and_a_non_finite_one_names_the_batch():
+    reported = []
+    losses = ft.StepLosses(lambda loss, lrs: reported.append((loss, lrs)), "stage 1 epoch 0")
+    values = [0.5, 0.25, 2.0 / 3.0] * 40
+    for i, value in enumerate(values):
+        losses.add(torch.tensor(value), 2 + i % 2, [0.1 * i])
+    assert [v for v, _ in reported] == [float(torch.tensor(v)) for v in values[: ft.LOSS_SYNC_STEPS * 2]]
+    expected = 0.0
+    for i, value in enumerate(values):
+        expected += float(torch.tensor(value)) * (2 + i % 2)
+    assert losses.mean() == expected / sum(2 + i % 2 for i in range(len(values)))
+    assert [v for v, _ in reported] == [float(torch.tensor(v)) for v in values]
+    bad = ft.StepLosses(None, "stage 2 epoch 1")
+    bad.add(torch.tensor(1.0), 4, [0.1])
+    bad.add(torch.tensor(math.nan), 4, [0.1])
+    with pytest.raises(FinetuneError, match="training loss is nan at stage 2 epoch 1, batch 1"):
+        bad.mean()
+
+
 def test_learns_two_easy_classes():
     torch.manual_seed(0)
     images, labels = toy_images(200)
     model = FinetunedResNet18(2, seed=0)
-    train = ft.BatchLoader(images, labels, 32, shuffle=True, drop_last=True)
-    test = ft.BatchLoader(images, labels, 100)
+    train = ft.make_loader(images, labels, 32, shuffle=True, drop_last=True)
+    test = ft.make_loader(images, labels, 100)
     ft.fit(model, train, test, quick_recipe(stage1_epochs=2, stage2_epochs=2), seed=0)
     result = ft.evaluate(model, nn.CrossEntropyLoss(), test, "cpu")
     assert result["accuracy"] >= 0.9, result["accuracy"]

@@ -16,4 +16,5 @@ extract_features(
     resources=snakemake.params.resources,
     seed=snakemake.params.seed,
     model_path=snakemake.input.model or None,
+    shard=snakemake.params.get("shard"),  # (i, k) in a shard job
 )

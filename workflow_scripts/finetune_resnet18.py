@@ -17,4 +17,5 @@ finetune_resnet18(
     deterministic=snakemake.params.deterministic,
     device=device,
     resources=snakemake.params.resources,
+    workers=snakemake.threads,
 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from embedscope.download import file_sha256
 from embedscope.layers import BODY_LAYERS, EXTRACTOR_LAYERS, FINETUNED_LAYERS
 from embedscope.store import (
     FeatureStoreWriter,
+    StoreError,
     config_digest,
     open_complete,
     package_versions,
@@ -41,6 +42,7 @@ from embedscope.store import (
 log = logging.getLogger(__name__)
 
 FEATURE_EXTRACTORS = tuple(EXTRACTOR_LAYERS)
+SHARD_ATTR = "shard"  # a shard store's {shard, of, rows}; the gathered store has none
 
 
 # ---- extractors ------------------------------------------------------------------------------------
@@ -285,21 +287,50 @@ class _ChunkedLayers:
             self._flush(layer, final=True)
 
 
+def shard_rows(n: int, batch_size: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of shard ``shard`` (0-based) of ``shards`` over ``n`` images: whole batches each
+    (the last shard takes the rest, trailing shards may be empty), so that every shard runs exactly the batches
+    an unsharded run would and writes the same numbers."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
+    per_shard = math.ceil(math.ceil(n / batch_size) / shards) * batch_size
+    return min(n, shard * per_shard), min(n, (shard + 1) * per_shard)
+
+
+def _extract_rows(images, start: int, stop: int, batch_size: int, extractor, layers: _ChunkedLayers) -> None:
+    """Rows ``start:stop`` of the Zarr ``images`` through ``extractor``, in batches of ``batch_size`` counted
+    from ``start``; read in blocks that cover whole image chunks and a whole number of batches."""
+    from embedscope.runtime import progress
+
+    read_rows = batch_size * max(1, math.ceil(int(images.chunks[0]) / batch_size))
+    with torch.inference_mode(), progress(total=stop - start, unit="img", desc=extractor.name) as bar:
+        for block_start in range(start, stop, read_rows):
+            block = images[block_start : min(stop, block_start + read_rows)]
+            for offset in range(0, len(block), batch_size):
+                x = extractor.prepare(block[offset : offset + batch_size])
+                for layer, values in extractor(x).items():
+                    layer_attrs = {"shape_before_pooling": extractor.shapes[layer],
+                                   "pooling": extractor.pooling[layer]}
+                    layers.add(layer, block_start - start + offset, values.float().cpu().numpy(), layer_attrs)
+                bar.update(len(x))
+
+
 def run_extraction(
     image_store: str | Path,
     output: str | Path,
     extractor,
     batch_size: int = 256,
     attrs: Mapping[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[str]:
     """Run ``extractor`` over every image of ``image_store`` in batches; write ``output`` atomically.
 
-    Images are read from the Zarr array a few chunks at a time, so memory stays flat in N. Returns the layers.
+    Images are read from the Zarr array a few chunks at a time, so memory stays flat in N. With ``shard``
+    ``(i, k)``, only the rows of shard i of k (:func:`shard_rows`) are written, and the store's ``shard``
+    attribute says which (:func:`gather_feature_shards` joins the k stores). Returns the layers.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    from embedscope.runtime import progress
-
     batch_size = int(batch_size)
     group = open_complete(image_store)
     images = group["images"]
@@ -308,32 +339,62 @@ def run_extraction(
     n = len(labels)
     if images.ndim != 4 or images.shape[0] != n:
         raise ValueError(f"image store {image_store}: 'images' must be (N,H,W,C) with N={n}, got {images.shape}")
-    # Read blocks covering whole image chunks and a whole number of batches.
-    chunk_rows = int(images.chunks[0])
-    read_rows = batch_size * max(1, math.ceil(chunk_rows / batch_size))
+    start, stop = (0, n) if shard is None else shard_rows(n, batch_size, *shard)
     store_attrs = {
         "image_store": str(image_store),
         "class_names": list(group.attrs.get("class_names", [])),
         "image_shape": list(images.shape[1:]),
         **(attrs or {}),
+        **({} if shard is None else {SHARD_ATTR: {"shard": shard[0], "of": shard[1], "rows": [start, stop]}}),
     }
-    log.info("extracting %s from %s: %d images, batch %d, device %s", extractor.name, image_store, n,
-             batch_size, extractor.device)
-    with FeatureStoreWriter(output, labels, split, np.arange(n), store_attrs) as writer:
+    log.info("extracting %s from %s: rows %d:%d of %d, batch %d, device %s", extractor.name, image_store, start,
+             stop, n, batch_size, extractor.device)
+    rows = slice(start, stop)
+    with FeatureStoreWriter(output, labels[rows], split[rows], np.arange(start, stop), store_attrs) as writer:
         layers = _ChunkedLayers(writer)
-        with torch.inference_mode(), progress(total=n, unit="img", desc=extractor.name) as bar:
-            for block_start in range(0, n, read_rows):
-                block = images[block_start : min(n, block_start + read_rows)]
-                for offset in range(0, len(block), batch_size):
-                    x = extractor.prepare(block[offset : offset + batch_size])
-                    outputs = extractor(x)
-                    for layer, values in outputs.items():
-                        layer_attrs = {"shape_before_pooling": extractor.shapes[layer],
-                                       "pooling": extractor.pooling[layer]}
-                        layers.add(layer, block_start + offset, values.float().cpu().numpy(), layer_attrs)
-                    bar.update(len(x))
+        _extract_rows(images, start, stop, batch_size, extractor, layers)
         layers.close()
         return list(writer.layer_order)
+
+
+def _shard_groups(shards: Sequence[str | Path]) -> list:
+    """The shard stores, checked to be shards 0..k-1 of k whose rows follow each other from row 0."""
+    groups = [open_complete(path) for path in shards]
+    expected = 0
+    for i, (path, group) in enumerate(zip(shards, groups, strict=True)):
+        info = group.attrs.get(SHARD_ATTR) or {}
+        if (info.get("shard"), info.get("of")) != (i, len(groups)) or info["rows"][0] != expected:
+            raise StoreError(f"store {path} is not shard {i} of {len(groups)} starting at row {expected}: {info}")
+        expected = info["rows"][1]
+    return groups
+
+
+def gather_feature_shards(shards: Sequence[str | Path], output: str | Path) -> list[str]:
+    """Concatenate the shard stores of one extraction (in shard order) into ``output``, chunk by chunk: the same
+    layers, values, attributes and chunking as an unsharded run (memory: one chunk per layer)."""
+    groups = _shard_groups(shards)
+    filled = [g for g in groups if g.attrs["layers"]]
+    if not filled:
+        raise StoreError(f"shard stores {list(map(str, shards))} hold no rows")
+    first = filled[0]
+    layer_order = list(first.attrs["layers"])
+    columns = {name: np.concatenate([g[layer_order[0]][name][...] for g in filled]) for name in ("labels", "split",
+                                                                                                    "index")}
+    attrs = {k: v for k, v in first.attrs.items() if k not in ("complete", "layers", SHARD_ATTR)}
+    with FeatureStoreWriter(output, columns["labels"], columns["split"], columns["index"], attrs) as writer:
+        layers = _ChunkedLayers(writer)
+        for group in filled:
+            offset = int(group.attrs[SHARD_ATTR]["rows"][0])
+            for layer in layer_order:
+                layer_attrs = {k: v for k, v in group[layer].attrs.items() if k != SHARD_ATTR}
+                features = group[layer]["features"]
+                step = int(features.chunks[0])
+                for start in range(0, features.shape[0], step):
+                    layers.add(layer, offset + start, features[start : start + step], layer_attrs)
+        layers.close()
+    log.info("gathered %d shards into %s: %d rows, layers %s", len(groups), output, len(columns["labels"]),
+             layer_order)
+    return layer_order
 
 
 def extract_features(
@@ -346,12 +407,14 @@ def extract_features(
     resources: str | Path = "resources",
     seed: int = 0,
     model_path: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[str]:
-    """The ``extract_features`` rule: build ``extractor`` (from its config section ``settings``, or from the
-    checkpoint ``model_path`` for ``resnet18_finetuned``) and write its store."""
+    """The ``extract_features`` rule (and, with ``shard`` ``(i, k)``, its shard jobs): build ``extractor`` (from
+    its config section ``settings``, or from the checkpoint ``model_path`` for ``resnet18_finetuned``) and write
+    its store."""
     model = build_extractor(extractor, settings or {}, image_store, device, resources, seed, model_path)
     try:
-        layers = run_extraction(image_store, output, model, batch_size, model.store_attrs(seed))
+        layers = run_extraction(image_store, output, model, batch_size, model.store_attrs(seed), shard)
     finally:
         if hasattr(model, "close"):
             model.close()

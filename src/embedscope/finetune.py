@@ -31,7 +31,7 @@ from embedscope.checkpoint import default_resume_path, load_resume, remove_resum
 from embedscope.layers import BODY_LAYERS, LR_GROUP_NAMES
 from embedscope.resnet import FinetunedResNet18, FinetuneError, preprocess
 from embedscope.runtime import progress
-from embedscope.store import ImageSet, config_digest, read_image_store
+from embedscope.store import ImageSplits, config_digest, image_store_shape, read_image_splits
 
 log = logging.getLogger(__name__)
 
@@ -151,47 +151,85 @@ def recipe_from_config(finetune: Mapping[str, Any] | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-class BatchLoader:
-    """Batches of an in-memory uint8 image array, preprocessed per batch; shuffled with a seeded generator."""
+class ImageBatches(torch.utils.data.Dataset):
+    """uint8 (N,H,W,C) images and their labels, served a whole batch of indices at a time (``__getitems__``).
 
-    def __init__(
-        self,
-        images,
-        labels,
-        batch_size: int,
-        shuffle: bool = False,
-        resize: int | None = None,
-        drop_last: bool = False,
-        seed: int = 0,
-    ):
-        self.images = torch.as_tensor(np.ascontiguousarray(images))
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.resize = resize
-        self.drop_last = (
-            drop_last and len(self.labels) >= self.batch_size
-        )  # BatchNorm cannot train on 1 image
-        self.seed = seed
+    The tensors share the given array's memory (``torch.from_numpy``): the loader holds no copy of its own.
+    Batches stay uint8 until they are on the device (:func:`to_device_batch`), so what crosses to a GPU, and what
+    a worker process hands over, is a quarter of the float32 batch.
+    """
 
-    def set_seed(self, seed: int) -> None:
-        self.seed = seed
-
-    def _order(self) -> torch.Tensor:
-        n = len(self.labels)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed)))
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self.labels)
+
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = torch.as_tensor(indices)
+        return self.images[indices], self.labels[indices]
+
+
+def whole_batch(batch):
+    """The loader's collate: ``ImageBatches.__getitems__`` already returns one batch (module level: picklable)."""
+    return batch
+
+
+class SeededBatchSampler(torch.utils.data.Sampler):
+    """Index batches of ``n`` samples: in order, or in ``torch.randperm`` order of a generator seeded anew with
+    :meth:`set_seed` every epoch (the order does not depend on how many epochs ran before: resume needs that).
+
+    ``drop_last`` drops the last partial batch only when there is a full one (BatchNorm cannot train on 1 image).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool = False, drop_last: bool = False, seed: int = 0):
+        self.n, self.batch_size, self.shuffle = int(n), int(batch_size), shuffle
+        self.drop_last = drop_last and self.n >= self.batch_size
+        self.seed = int(seed)
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def __iter__(self):
-        order = self._order()
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            order = torch.arange(self.n)
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield preprocess(self.images[idx], self.resize), self.labels[idx]
+            yield order[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+def make_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
+                drop_last: bool = False, seed: int = 0, device: str = "cpu", workers: int = 0):
+    """A ``DataLoader`` of uint8 batches over ``images`` (held, not copied).
+
+    On CUDA, ``workers`` processes gather batches into pinned memory while the GPU trains. On the CPU the
+    gather runs in the training process itself: there a worker would only add a copy of every batch (and
+    its pickling) to the same cores that train.
+    """
+    cuda = device.startswith("cuda")
+    return torch.utils.data.DataLoader(
+        ImageBatches(images, labels),
+        batch_sampler=SeededBatchSampler(len(labels), batch_size, shuffle, drop_last, seed),
+        collate_fn=whole_batch,
+        num_workers=max(0, int(workers)) if cuda else 0,
+        pin_memory=cuda,
+        # Every iterator draws its workers' base seed from this generator; without one it would draw from
+        # torch's global generator and shift the dropout masks that _run_epoch seeds.
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
+
+
+def to_device_batch(images: torch.Tensor, targets: torch.Tensor, device: str, resize: int | None = None):
+    """A uint8 batch onto ``device``, then float, resized and ImageNet-normalised there (:func:`preprocess`)."""
+    images = images.to(device, non_blocking=True)
+    return preprocess(images, resize), targets.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------------------- loops
@@ -201,6 +239,61 @@ def _autocast(device: str, enabled: bool):
     return torch.autocast(
         device_type="cuda", dtype=torch.float16, enabled=enabled and device.startswith("cuda")
     )
+
+
+LOSS_SYNC_STEPS = 50  # step losses leave the device this often: a .item() per step would stall a GPU every batch
+
+
+class StepLosses:
+    """Step losses kept on the device and reported ``LOSS_SYNC_STEPS`` at a time (and at the end of the epoch),
+    with their batch sizes and learning rates; the mean loss sums the same Python floats in the same order as
+    a per-step ``loss.item()`` would, so the CPU training log is unchanged."""
+
+    def __init__(self, on_step: Callable[[float, list[float]], None] | None, where: str):
+        self.on_step, self.where = on_step, where
+        self.pending: list[tuple[torch.Tensor, int, list[float]]] = []
+        self.total, self.count, self.steps = 0.0, 0, 0
+
+    def add(self, loss: torch.Tensor, n: int, lrs: list[float]) -> None:
+        self.pending.append((loss.detach(), n, lrs))
+        if len(self.pending) >= LOSS_SYNC_STEPS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([loss.float() for loss, _, _ in self.pending]).tolist()  # one device sync
+        for (_, n, lrs), value in zip(self.pending, values, strict=True):
+            if not math.isfinite(value):
+                raise FinetuneError(f"training loss is {value} at {self.where}, batch {self.steps}; "
+                                    "lower the learning rates")
+            self.total += value * n
+            self.count += n
+            self.steps += 1
+            if self.on_step is not None:
+                self.on_step(value, lrs)
+        self.pending = []
+
+    def mean(self) -> float:
+        self.flush()
+        return self.total / max(self.count, 1)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer, scaler=None) -> bool:
+    """Backpropagate ``loss`` and step ``optimizer``; whether the optimizer really stepped.
+
+    GradScaler skips the step of a batch whose scaled gradients hold inf/NaN and then lowers its scale; a
+    scale below the one before ``update()`` is that signal (growth only follows finite steps).
+    """
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return True
+    scaler.scale(loss).backward()
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= before
 
 
 def train_one_epoch(
@@ -215,48 +308,38 @@ def train_one_epoch(
     on_step: Callable[[float, list[float]], None] | None = None,
     mixed_precision: bool = False,
     desc: str = "train",
+    resize: int | None = None,
 ) -> float:
-    """One pass over ``data_loader`` (torchvision references style); steps ``scheduler`` every batch.
+    """One pass over ``data_loader``'s uint8 batches (torchvision references style); preprocessing on the
+    device; ``scheduler`` steps after every optimizer step that was taken (not after a skipped one).
 
-    ``on_step(loss, lrs)`` gets each batch's loss and the lrs it was trained with. Returns the mean loss.
+    ``on_step(loss, lrs)`` gets each batch's loss and the lrs it was trained with, in order, a few dozen steps
+    late (:class:`StepLosses`). Returns the mean loss.
     """
     model.train()
-    total, count = 0.0, 0
+    losses = StepLosses(on_step, f"{desc} epoch {epoch}")
     for images, targets in progress(data_loader, desc=f"{desc} epoch {epoch}", total=len(data_loader)):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = to_device_batch(images, targets, device, resize)
         lrs = [float(group["lr"]) for group in optimizer.param_groups]
         with _autocast(device, mixed_precision):
             loss = criterion(model(images), targets)
-        if not math.isfinite(loss.item()):
-            raise FinetuneError(
-                f"training loss is {loss.item()} at {desc} epoch {epoch}; lower the learning rates"
-            )
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
+        if backward_and_step(loss, optimizer, scaler) and scheduler is not None:
             scheduler.step()
-        value = float(loss.item())
-        total += value * len(targets)
-        count += len(targets)
-        if on_step is not None:
-            on_step(value, lrs)
-    return total / max(count, 1)
+        losses.add(loss, len(targets), lrs)
+    return losses.mean()
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, data_loader, device: str, mixed_precision: bool = False) -> dict[str, Any]:
-    """Loss and accuracy over ``data_loader`` (eval mode), with per-sample probabilities and losses."""
+def evaluate(model, criterion, data_loader, device: str, mixed_precision: bool = False,
+             resize: int | None = None) -> dict[str, Any]:
+    """Loss and accuracy over ``data_loader``'s uint8 batches (eval mode), with per-sample probabilities and
+    losses."""
     model.eval()
     probs, losses, labels = [], [], []
     per_sample = nn.CrossEntropyLoss(reduction="none")
     for images, targets in progress(data_loader, desc="evaluate", total=len(data_loader)):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = to_device_batch(images, targets, device, resize)
         with _autocast(device, mixed_precision):
             logits = model(images).float()
         losses.append(per_sample(logits, targets).cpu())
@@ -295,10 +378,10 @@ def _start_stage(model, recipe: Mapping[str, Any], stage: int, total_steps: int,
 
 
 def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device: str,
-               amp: bool, stage: int, epoch: int, seed: int, rows: list[dict[str, Any]]) -> None:
+               amp: bool, resize: int | None, stage: int, epoch: int, seed: int, rows: list[dict[str, Any]]) -> None:
     """Train one epoch and evaluate; append its step rows and its epoch row to ``rows``."""
     torch.manual_seed(_epoch_seed(seed, stage, epoch))  # dropout masks: same on a resumed run
-    train_loader.set_seed(_epoch_seed(seed, stage, epoch))
+    train_loader.batch_sampler.set_seed(_epoch_seed(seed, stage, epoch))
     start = time.perf_counter()
     step = sum(1 for r in rows if r["kind"] == "step")
 
@@ -309,8 +392,8 @@ def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, tes
         step += 1
 
     train_loss = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, scheduler, scaler,
-                                 on_step, amp, desc=f"stage {stage}")
-    result = evaluate(model, criterion, test_loader, device, amp)
+                                 on_step, amp, desc=f"stage {stage}", resize=resize)
+    result = evaluate(model, criterion, test_loader, device, amp, resize)
     rows.append({"kind": "epoch", "stage": stage, "epoch": epoch, "step": step - 1, "train_loss": train_loss,
                  "test_loss": result["loss"], "test_accuracy": result["accuracy"]})
     log.info(
@@ -326,16 +409,18 @@ def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, tes
 
 def fit(
     model: FinetunedResNet18,
-    train_loader: BatchLoader,
-    test_loader: BatchLoader,
+    train_loader: torch.utils.data.DataLoader,
+    test_loader: torch.utils.data.DataLoader,
     recipe: Mapping[str, Any],
     device: str = "cpu",
     seed: int = 0,
     resume_path: str | Path | None = None,
     digest: str = "",
     on_epoch_end: Callable[[int, int], None] | None = None,
+    resize: int | None = None,
 ) -> dict[str, Any]:
-    """Run both stages; return the training-log ``rows`` and the last optimizer/scheduler/scaler states.
+    """Run both stages on :func:`make_loader`'s loaders (the train one shuffled with a :class:`SeededBatchSampler`,
+    reseeded every epoch); return the training-log ``rows`` and the last optimizer/scheduler/scaler states.
 
     ``on_epoch_end(stage, epoch)`` runs after the resume file of that epoch is written (tests raise from it).
     """
@@ -357,7 +442,7 @@ def fit(
         optimizer, scheduler, scaler = _start_stage(model, recipe, stage, epochs * len(train_loader), amp, resumed)
         for epoch in range(0 if resumed is None else done[1] + 1, epochs):
             _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device, amp,
-                       stage, epoch, seed, rows)
+                       resize, stage, epoch, seed, rows)
             last = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "stage": stage, "epoch": epoch}
             if resume_path is not None:
@@ -370,13 +455,23 @@ def fit(
 # ---------------------------------------------------------------------------------------------------- entry point
 
 
-def _data_fingerprint(images: np.ndarray, labels: np.ndarray, split: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for array in (images, labels, split):
-        array = np.ascontiguousarray(array)
-        digest.update(str((array.dtype, array.shape)).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
+class DataFingerprint:
+    """SHA-256 of an image store's images, labels and split, fed the images chunk by chunk in store order: the
+    same digest as hashing the whole arrays at once (headers first), without holding them."""
+
+    def __init__(self, image_shape: Sequence[int]):
+        self.digest = hashlib.sha256()
+        self.digest.update(str((np.dtype(np.uint8), tuple(int(s) for s in image_shape))).encode())
+
+    def add_images(self, chunk: np.ndarray) -> None:
+        self.digest.update(np.ascontiguousarray(chunk).tobytes())
+
+    def finish(self, labels: np.ndarray, split: np.ndarray) -> str:
+        for array in (labels, split):
+            array = np.ascontiguousarray(array)
+            self.digest.update(str((array.dtype, array.shape)).encode())
+            self.digest.update(array.tobytes())
+        return self.digest.hexdigest()[:16]
 
 
 def training_config(finetune, resnet18, seed, deterministic, device) -> dict[str, Any]:
@@ -390,19 +485,25 @@ def training_config(finetune, resnet18, seed, deterministic, device) -> dict[str
     }
 
 
-def _loaders(data: ImageSet, data_path, batch_size: int, resize: int | None, seed: int):
-    """Shuffled train batches (the last partial one dropped) and ordered test batches, with the test indices."""
-    train_images, train_labels, _ = data.subset("train")
-    test_images, test_labels, test_index = data.subset("test")
-    if len(train_labels) < 2 or len(test_labels) == 0:
+def _read_data(data_path) -> tuple[ImageSplits, str]:
+    """The store's train and test images (one uint8 array each, read chunk by chunk) and its fingerprint."""
+    fingerprint = DataFingerprint(image_store_shape(data_path))
+    data = read_image_splits(data_path, on_chunk=fingerprint.add_images)
+    n_train, n_test = len(data.index["train"]), len(data.index["test"])
+    if n_train < 2 or n_test == 0:
         raise FinetuneError(
-            f"image store {data_path} needs >= 2 train and >= 1 test images, has "
-            f"{len(train_labels)} and {len(test_labels)}"
+            f"image store {data_path} needs >= 2 train and >= 1 test images, has {n_train} and {n_test}"
         )
-    train = BatchLoader(train_images, train_labels, batch_size, shuffle=True, resize=resize, drop_last=True,
-                        seed=seed)
-    test = BatchLoader(test_images, test_labels, max(batch_size, 256), resize=resize)
-    return train, test, test_index
+    return data, fingerprint.finish(data.labels, data.split)
+
+
+def _loaders(data: ImageSplits, batch_size: int, seed: int, device: str, workers: int):
+    """Shuffled train batches (the last partial one dropped) and ordered test batches."""
+    train = make_loader(data.images["train"], data.labels_of("train"), batch_size, shuffle=True, drop_last=True,
+                        seed=seed, device=device, workers=workers)
+    test = make_loader(data.images["test"], data.labels_of("test"), max(batch_size, 256), device=device,
+                       workers=workers)
+    return train, test
 
 
 def finetune_resnet18(
@@ -419,35 +520,40 @@ def finetune_resnet18(
     resources: str | Path = "resources",
     resume_path: str | Path | None = None,
     on_epoch_end: Callable[[int, int], None] | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
-    """Train on the store's train split, evaluate on its test split; write checkpoint, log and predictions."""
+    """Train on the store's train split, evaluate on its test split; write checkpoint, log and predictions.
+
+    ``workers``: loader processes on CUDA (the rule's threads); the CPU loads in the training process.
+    """
     config = training_config(finetune, resnet18, seed, deterministic, device)
     recipe, weights = config["finetune"], config["resnet18"]["weights"]
-    data = read_image_store(data_path)
-    train_loader, test_loader, test_index = _loaders(data, data_path, recipe["batch_size"],
-                                                     config["resnet18"]["resize"], seed)
-    digest = config_digest({**config, "data": _data_fingerprint(data.images, data.labels, data.split)})
+    resize = config["resnet18"]["resize"]
+    data, fingerprint = _read_data(data_path)
+    train_loader, test_loader = _loaders(data, recipe["batch_size"], seed, device, workers)
+    digest = config_digest({**config, "data": fingerprint})
     resume_path = default_resume_path(model_path) if resume_path is None else Path(resume_path)
     model = FinetunedResNet18(len(data.class_names), weights, resources, seed=seed)
     log.info(
-        "fine-tuning ResNet-18 (%s) on %s: %d train / %d test images, %d classes, device %s",
+        "fine-tuning ResNet-18 (%s) on %s: %d train / %d test images, %d classes, device %s, %d loader workers",
         weights,
         data_path,
-        len(train_loader.labels),
-        len(test_loader.labels),
+        len(data.index["train"]),
+        len(data.index["test"]),
         len(data.class_names),
         device,
+        train_loader.num_workers,
     )
     start = time.perf_counter()
-    state = fit(model, train_loader, test_loader, recipe, device, seed, resume_path, digest, on_epoch_end)
+    state = fit(model, train_loader, test_loader, recipe, device, seed, resume_path, digest, on_epoch_end, resize)
     seconds = time.perf_counter() - start
     amp = bool(recipe["mixed_precision"]) and device.startswith("cuda")
-    result = evaluate(model, nn.CrossEntropyLoss(), test_loader, device, amp)
+    result = evaluate(model, nn.CrossEntropyLoss(), test_loader, device, amp, resize)
     log.info(
         "test accuracy %.4f, test loss %.4f, training %.1f s", result["accuracy"], result["loss"], seconds
     )
     save_checkpoint(model_path, model, state, data.class_names, config, digest, result, seconds)
     write_training_log(log_path, state["rows"], recipe["lr_groups"])
-    write_predictions(predictions_path, test_index, result["labels"], result["probs"], result["losses"])
+    write_predictions(predictions_path, data.index["test"], result["labels"], result["probs"], result["losses"])
     remove_resume(resume_path)
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "train_seconds": seconds}

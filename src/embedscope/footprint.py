@@ -1,4 +1,5 @@
-"""Job sizes from the data: the memory (MB) and time (minutes) the ingest and baseline rules request.
+"""Job sizes from the data: the memory (MB) and time (minutes) the ingest, baseline, feature extraction (and its
+shard and gather jobs) and fine-tuning rules request.
 
 Pure functions of what the workflow knows at DAG time (the config and, for an image folder, its listing), so
 that a cluster profile gets a request that grows with the dataset instead of one fixed guess. Every number
@@ -275,3 +276,111 @@ def top_losses_resources(extent: Extent, n_test: int, k: int = 9) -> dict[str, i
     """
     held = n_test * (max(1, extent.n_classes) + 5) * 8 * 3 + k * _pixels(extent.image_shape) * 8 + 50e6
     return {"mem_mb": _mb(held), "runtime": _minutes(10 + n_test * 5e-6)}
+
+
+# ---- torch jobs: feature extraction and fine-tuning ----------------------------------------------------------
+
+TORCH_BASE_MB = 1100  # a job with torch (CUDA build), torchvision, kymatio and zarr imported: 960-1010 MB measured
+CUDA_HOST_MB = 2500  # host memory of a CUDA context with cuDNN/cuBLAS loaded (not measured here: a bound)
+WORKER_MB = 300  # one forked loader worker: its own allocations (the images it shares are the parent's)
+TORCH_HEADROOM = 1.5  # bytes held by a torch job are multiplied by this
+TIME_HEADROOM = 4  # seconds too: CPU rates vary with the machine, its load and the thread count
+RESNET18_PARAMS = 11_176_512  # the body; fine-tuning adds the head (HEAD_PARAMS + 513 x classes)
+HEAD_PARAMS = 2 * 1024 + 1024 * 512 + 512 + 2 * 512  # BatchNorm1d(1024), fc1, BatchNorm1d(512); fc2 per class
+# float32 values a forward pass holds at its peak per input pixel (H x W after resize, x C for scattering):
+# inference keeps a few maps alive, a training step every map for the backward pass. Fitted with headroom to the
+# job summaries of the default study and a 20,000-image MNIST (README "Resources"): resnet18 extraction 1,077 and
+# 1,130 MB peak, scattering 1,038 MB, fine-tuning 1,195-1,199 MB in stage 1, against ~1,000 MB for the imports.
+INFERENCE_FLOATS_PER_PIXEL = {"resnet18": 100, "scattering": 100}
+TRAINING_FLOATS_PER_PIXEL = 300
+# seconds per input pixel on 2 idle CPU threads (28x28: resnet18 inference ~1,450 images/s, scattering ~420,
+# a training step ~340 images/s: bench_finetune and the reference run's logs), before TIME_HEADROOM
+SECONDS_PER_PIXEL = {"resnet18": 1.0e-6, "scattering": 4.0e-6, "training": 3.75e-6}
+
+
+def extractor_widths(extractor: str, extent: Extent, scattering: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+    """Floats per image of each layer one extractor stores, in layer order (:func:`layer_widths`)."""
+    scattering = scattering or {}
+    widths = layer_widths([extractor], extent, scattering.get("J", 2), scattering.get("L", 8))
+    return tuple(widths.values())
+
+
+def stored_extent(extent: Extent, settings: Mapping[str, Any]) -> Extent:
+    """The extent of the image store ingest writes: n_train + n_test images when both are set (and fewer than
+    the source holds), else all of the source's."""
+    n_train, n_test = settings.get("n_train"), settings.get("n_test")
+    if n_train is None or n_test is None:
+        return extent
+    return Extent(min(extent.n_images, int(n_train) + int(n_test)), extent.image_shape, extent.n_classes,
+                  extent.held_per_pixel)
+
+
+def _network_pixels(extent: Extent, extractor: str, resize: int | None) -> int:
+    if extractor == "scattering":
+        return _pixels(extent.image_shape)
+    return int(resize) ** 2 if resize else _pixels(extent.image_shape[:2])
+
+
+def _resources(held_bytes: float, seconds: float, cuda: bool, extra_mb: int = 0) -> dict[str, int]:
+    mem = TORCH_BASE_MB + extra_mb + (CUDA_HOST_MB if cuda else 0) + math.ceil(TORCH_HEADROOM * held_bytes / 1e6)
+    return {"mem_mb": int(mem), "runtime": 10 + math.ceil(TIME_HEADROOM * seconds / 60)}
+
+
+def extraction_resources(extent: Extent, extractor: str, batch_size: int, scattering: Mapping[str, Any] | None = None,
+                         *, resize: int | None = None, shards: int = 1, job: str = "all",
+                         cuda: bool = False) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of an extraction job: ``all`` rows, one ``shard`` of ``shards``, or the
+    ``gather`` of the shards. With P the network's input pixels (H' x W' after resize; C x H x W for
+    scattering), B the batch, R = max(B, image chunk rows) the rows read at once, D the layers' widths:
+
+    held = N x 24 B (labels, split, index) + R x H x W x C (uint8 block) + B x 3 P x 4 B (the float batch)
+           + B x INFERENCE_FLOATS_PER_PIXEL x P x 4 B (the forward pass) + 2 x sum_D (CHUNK_MB + B x D x 4 B)
+           (each layer's chunk buffer and its concatenation) + 4 x params B;
+    gather: held = N x 24 B x 2 + 2 x sum_D (CHUNK_MB + chunk of the shard) (no network, no images).
+    mem_mb = TORCH_BASE_MB (+ CUDA_HOST_MB on CUDA) + TORCH_HEADROOM x held / 1e6;
+    runtime = 10 + TIME_HEADROOM x rows x P x SECONDS_PER_PIXEL[extractor] / 60 minutes (rows: N, or N / shards;
+    the CPU rate of 2 threads, a generous bound on a GPU); gather: 10 + TIME_HEADROOM x N x sum_D x 4 B / 20 MB/s
+    (minutes, rounded up).
+    """
+    n, batch = extent.n_images, int(batch_size)
+    widths = extractor_widths(extractor, extent, scattering)
+    buffers = 2 * sum(CHUNK_MB * 1_000_000 + batch * d * 4 for d in widths)
+    if job == "gather":
+        held = 2 * n * 24 + buffers
+        return _resources(held, n * sum(widths) * 4 / 20e6, cuda=False)
+    rows = math.ceil(n / max(1, int(shards))) if job == "shard" else n
+    pixels = _network_pixels(extent, extractor, resize)
+    image_bytes = _pixels(extent.image_shape)
+    read_rows = max(batch, CHUNK_MB * 1_000_000 // image_bytes)
+    params = 0 if extractor == "scattering" else RESNET18_PARAMS + HEAD_PARAMS
+    held = (n * 24 + read_rows * image_bytes + batch * 3 * pixels * 4
+            + batch * INFERENCE_FLOATS_PER_PIXEL.get(extractor, INFERENCE_FLOATS_PER_PIXEL["resnet18"]) * pixels * 4
+            + buffers + 4 * params)
+    seconds = rows * pixels * SECONDS_PER_PIXEL.get(extractor, SECONDS_PER_PIXEL["resnet18"])
+    return _resources(held, seconds, cuda)
+
+
+def finetune_resources(extent: Extent, batch_size: int, stage1_epochs: int, stage2_epochs: int, *,
+                       resize: int | None = None, cuda: bool = False, workers: int = 0) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of fine-tuning. With P = H' x W' (after resize), B the batch, E the epochs:
+
+    held = N x H x W x C (the one uint8 copy of the train and test images) + N x 32 B (labels, index, split,
+           predictions) + 6 x 4 B x params (weights, gradients, Adam's two moments, the resume file's copy of
+           both) + B x TRAINING_FLOATS_PER_PIXEL x P x 4 B (a training step) + max(B, 256) x (3 +
+           INFERENCE_FLOATS_PER_PIXEL) x P x 4 B (an evaluation batch) + CHUNK_MB (the chunk being read);
+    mem_mb = TORCH_BASE_MB (+ CUDA_HOST_MB + workers x WORKER_MB on CUDA) + TORCH_HEADROOM x held / 1e6;
+    runtime = 10 + TIME_HEADROOM x (E x N x P x (SECONDS_PER_PIXEL training + resnet18) + N x P x resnet18)
+    / 60 minutes, rounded up (every image trained and evaluated each epoch: a bound for any train/test split;
+    the CPU rate).
+    """
+    n, batch = extent.n_images, int(batch_size)
+    pixels = _network_pixels(extent, "resnet18", resize)
+    params = RESNET18_PARAMS + HEAD_PARAMS + 513 * max(2, extent.n_classes)
+    held = (n * _pixels(extent.image_shape) + n * 32 + 6 * 4 * params
+            + batch * TRAINING_FLOATS_PER_PIXEL * pixels * 4
+            + max(batch, 256) * (3 + INFERENCE_FLOATS_PER_PIXEL["resnet18"]) * pixels * 4
+            + CHUNK_MB * 1_000_000)
+    epochs = int(stage1_epochs) + int(stage2_epochs)
+    seconds = n * pixels * (epochs * (SECONDS_PER_PIXEL["training"] + SECONDS_PER_PIXEL["resnet18"])
+                            + SECONDS_PER_PIXEL["resnet18"])
+    return _resources(held, seconds, cuda, extra_mb=max(0, int(workers)) * WORKER_MB if cuda else 0)

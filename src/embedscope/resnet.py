@@ -101,7 +101,10 @@ def body_of(model: nn.Module) -> nn.Sequential:
 
 
 def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> torch.Tensor:
-    """uint8 (N,H,W,C) -> float (N,3,H,W), ImageNet-normalised; grayscale replicated to 3 channels."""
+    """uint8 (N,H,W,C) -> float (N,3,H,W), ImageNet-normalised; grayscale replicated to 3 channels.
+
+    Runs where ``images`` are: fine-tuning hands it uint8 batches already on the device.
+    """
     x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[1] == 1:
@@ -110,8 +113,8 @@ def preprocess(images: np.ndarray | torch.Tensor, resize: int | None = None) -> 
         raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
     if resize:
         x = nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -382,6 +382,49 @@ def pixel_rows(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
     return pixels, labels
 
 
+@dataclass
+class ImageSplits:
+    """An image store read split by split: each split's images in one preallocated uint8 array."""
+
+    images: dict[str, np.ndarray]  # split -> uint8 (n, H, W, C), store order
+    index: dict[str, np.ndarray]  # split -> int64 (n,), rows of the store
+    labels: np.ndarray  # int64 (N,), every row
+    split: np.ndarray  # uint8 (N,), every row
+    class_names: list[str]
+
+    def labels_of(self, split: str) -> np.ndarray:
+        return self.labels[self.index[split]]
+
+
+def image_store_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """``(N, H, W, C)`` of an image store's images, without reading them."""
+    return tuple(int(s) for s in open_complete(path)["images"].shape)
+
+
+def read_image_splits(path: str | os.PathLike, on_chunk=None) -> ImageSplits:
+    """Every split's images, each in ONE array allocated up front and filled chunk by chunk (iter_image_chunks),
+    so the peak is one uint8 copy of the images plus one chunk. ``on_chunk(images)`` sees every stored chunk of
+    rows in store order (fine-tuning hashes them)."""
+    group = open_complete(path)
+    labels = group["labels"][...].astype(np.int64)
+    codes = group["split"][...].astype(np.uint8)
+    shape = tuple(int(s) for s in group["images"].shape[1:])
+    index = {name: np.flatnonzero(codes == code) for name, code in SPLIT_CODES.items()}
+    images = {name: np.empty((len(rows), *shape), np.uint8) for name, rows in index.items()}
+    filled = dict.fromkeys(SPLIT_NAMES, 0)
+    start = 0
+    for chunk, _ in iter_image_chunks(path):
+        if on_chunk is not None:
+            on_chunk(chunk)
+        chunk_codes = codes[start : start + len(chunk)]
+        for name, code in SPLIT_CODES.items():
+            rows = chunk[chunk_codes == code]
+            images[name][filled[name] : filled[name] + len(rows)] = rows
+            filled[name] += len(rows)
+        start += len(chunk)
+    return ImageSplits(images, index, labels, codes, list(group.attrs["class_names"]))
+
+
 def read_image_store(path: str | os.PathLike) -> ImageSet:
     group = open_complete(path)
     attrs = dict(group.attrs)
