@@ -7,6 +7,7 @@ them as skips; on a machine without CUDA they skip, naming why.
 import numpy as np
 import pytest
 import torch
+from test_checkpoint import tensors
 
 from embedscope.artifacts import read_predictions
 from embedscope.checkpoint import read_checkpoint
@@ -55,15 +56,4 @@ def test_mixed_precision_fine_tuning_predicts_what_the_softmax_store_holds(image
     stored = softmax.features[[position[int(i)] for i in predictions["index"]]]
     assert np.array_equal(stored.argmax(1), predictions["pred"].to_numpy())
     checkpoint = read_checkpoint(out / "model.pt")  # weights_only=True
-
-    def devices(value):
-        if isinstance(value, torch.Tensor):
-            yield value.device.type
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from devices(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                yield from devices(item)
-
-    assert set(devices(checkpoint)) == {"cpu"}
+    assert {t.device.type for t in tensors(checkpoint)} == {"cpu"}  # written by a CUDA run
