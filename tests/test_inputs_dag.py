@@ -1,6 +1,6 @@
-"""The real Snakemake on bad input and after a hard kill: a config a job would reject and a single-class image
-folder stop the dry run before any job; a run whose Snakemake process was killed with SIGKILL resumes with
-`--unlock` and the same command."""
+"""The real Snakemake on bad input and after a hard kill: a config a job would reject, a single-class image
+folder and a link out of an image folder stop the dry run before any job; a run whose Snakemake process was
+killed with SIGKILL resumes with `--unlock` and the same command."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ def test_a_single_class_image_folder_is_refused_at_dag_time(tmp_path):
     result = run_snakemake(tmp_path / "run", "-n", "results/data/f.zarr", check=False)
     assert result.returncode == 1
     assert f"datasets.f.root: {root} holds a single class folder, 'cats'" in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "results").exists()
+
+
+def test_a_link_out_of_an_image_folder_stops_the_dry_run(tmp_path):
+    """A symbolic link inside the root that resolves outside it is named and never read: not listed, not
+    ingested, not embedded in the explorer page."""
+    root = tmp_path / "folder"
+    for name in ("cats", "dogs"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 40 * i).save(root / name / f"{i}.png")
+    (tmp_path / "private").mkdir()
+    Image.new("L", (8, 8), 255).save(tmp_path / "private" / "secret.png")
+    (root / "cats" / "4.png").symlink_to(tmp_path / "private" / "secret.png")
+    write_config(tmp_path / "run", {"datasets": {"f": {"source": "imagefolder", "root": str(root), "n_test": 2}},
+                                    "extractors": ["scattering"]})
+    result = run_snakemake(tmp_path / "run", "-n", "results/data/f.zarr", check=False)
+    assert result.returncode == 1
+    output = result.stderr + result.stdout
+    assert f"1 symbolic link(s) under {root} resolve outside it (refused, never followed" in output
+    assert f"{root}/cats/4.png -> {tmp_path}/private/secret.png" in output
     assert not (tmp_path / "run" / "results").exists()
 
 

@@ -114,6 +114,7 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     assert info["n"] == 100 and info["dim"] == 80 and info["dim_tsne_input"] == 50
     assert info["class_names"] == [f"c{i}" for i in range(5)] and info["weights"] == "random"
     assert info["ints_in_interval"] == 2.0 and info["neighbors"] == "exact"
+    assert info["perplexity"] == info["perplexity_used"] == 10.0
     assert sorted(p.name for p in out.parent.iterdir()) == ["layer4.csv", "layer4.json"]  # no temp files left
     first = out.read_bytes()
     run_tsne(store, "layer4", out, meta, **kwargs)
@@ -134,6 +135,17 @@ def test_run_tsne_without_predictions(tmp_path, blobs):
     out = tmp_path / "out.csv"
     run_tsne(store, "layer4", out, None, perplexity=10, n_iter=50, pca_components=0)
     assert list(read_tsne(out).columns) == ["index", "x", "y", "label"]
+
+
+def test_the_sidecar_records_the_perplexity_the_map_was_made_with(tmp_path, blobs):
+    """30 points cannot carry perplexity 15 (3 x perplexity < n): the map is made with (30 - 1) / 3."""
+    x, y = blobs
+    store = tmp_path / "s.zarr"
+    write_store(store, x[:30], y[:30], np.ones(30, dtype=np.uint8), extractor="scattering")
+    run_tsne(store, "layer4", tmp_path / "out.csv", tmp_path / "out.json", perplexity=15, n_iter=50,
+             pca_components=0)
+    meta = read_tsne_meta(tmp_path / "out.json")
+    assert meta["perplexity"] == 15.0 and meta["perplexity_used"] == pytest.approx(29 / 3)
 
 
 def test_schema_defaults_are_embed_tsne_defaults():

@@ -65,7 +65,7 @@ def weights_label(extractor: str, weights: str | None) -> str:
 
 
 def _settings(meta: Mapping[str, Any]) -> str:
-    perplexity = meta.get("perplexity")
+    perplexity = meta.get("perplexity_used", meta.get("perplexity"))
     return f"{meta.get('method', 't-SNE')} perplexity {perplexity:g}" if perplexity is not None else "t-SNE"
 
 

@@ -193,7 +193,8 @@ def join_predictions(table: pd.DataFrame, predictions: str | os.PathLike) -> pd.
 
 def map_meta(data, layer: str, n: int, settings: Mapping[str, Any], info: Mapping[str, Any] | None) -> dict:
     """The sidecar of a map: ``info``, the layer, N of the map and of the test split, D before and after the
-    PCA step, the settings, and the store's class names and weights (what the figures' titles say)."""
+    PCA step, the settings (``perplexity`` as configured, ``perplexity_used`` as run), and the store's class
+    names and weights (what the figures' titles say)."""
     dim = int(data.features.shape[1])
     return {
         **dict(info or {}),
@@ -203,6 +204,8 @@ def map_meta(data, layer: str, n: int, settings: Mapping[str, Any], info: Mappin
         "dim": dim,
         "dim_tsne_input": tsne_input_dim(n, dim, settings["pca_components"]),
         **settings,
+        # what the map was made with: the requested perplexity is lowered for a handful of points
+        "perplexity_used": float(effective_perplexity(settings["perplexity"], n)),
         "class_names": [str(c) for c in data.attrs.get("class_names", [])],
         "weights": data.attrs.get("weights"),
     }
