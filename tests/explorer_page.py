@@ -7,7 +7,7 @@ import json
 import re
 from html.parser import HTMLParser
 
-from embedscope.explorer import QUALITY_LABELS
+from embedscope.explorer import COUNT_COLUMNS, QUALITY_LABELS
 
 
 def doc_json(text: str):
@@ -73,6 +73,6 @@ def quality_tables(page_text: str) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def expected_quality_table(row) -> dict[str, str]:
-    """What the page must show for one embedding-quality row: D and n whole, the rest to three decimals."""
-    return {column: str(int(row[column])) if column in ("D", "n") else f"{round(float(row[column]), 3):.3f}"
+    """What the page must show for one embedding-quality row: the counts whole, the rest to three decimals."""
+    return {column: str(int(row[column])) if column in COUNT_COLUMNS else f"{round(float(row[column]), 3):.3f}"
             for column in QUALITY_LABELS}

@@ -39,6 +39,7 @@ QUALITY_LABELS = {
     "ncc_accuracy": "nearest class centre accuracy",
     "nc1": "NC1 (within/between class variability)",
 }
+COUNT_COLUMNS = ("D", "n", "n_quality")  # shown as whole numbers; the other quality columns to 3 decimals
 STATUS_FACTORS = ("correct", "misclassified", "no prediction")
 STATUS_MARKERS = ("circle", "triangle", "circle")
 
@@ -185,7 +186,7 @@ def quality_tables(
             value = "n/a"
             if row is not None and column in row.index and pd.notna(row[column]):
                 number = row[column]
-                value = f"{int(number)}" if column in ("D", "n", "n_quality") else f"{float(number):.3f}"
+                value = f"{int(number)}" if column in COUNT_COLUMNS else f"{float(number):.3f}"
             lines.append(f"<tr><td>{html.escape(label)}</td><td style='text-align:right'>{value}</td></tr>")
         lines.append("</table>")
         if row is None:
