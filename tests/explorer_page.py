@@ -67,7 +67,8 @@ def quality_tables(page_text: str) -> dict[tuple[str, str], dict[str, str]]:
         parser.feed(text)
         extractor, layer = parser.title.split(" / ")
         assert all(len(row) == 2 for row in parser.rows), parser.rows
-        table = {labels[label]: shown for label, shown in parser.rows}
+        # the trustworthiness label names its k ("t-SNE trustworthiness (k=10)"), as the run's config set it
+        table = {labels[re.sub(r" \(k=\d+\)$", "", label)]: shown for label, shown in parser.rows}
         assert tables.setdefault((extractor, layer), table) == table, (extractor, layer)
     return tables
 
