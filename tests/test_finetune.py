@@ -69,13 +69,18 @@ def test_concat_pool_equals_torch_pools():
     assert torch.equal(ConcatPool2d()(x), expected)
 
 
-def test_stage1_step_freezes_convs_but_trains_batchnorm():
-    model = FinetunedResNet18(2)
+def stage1_optimizer(model):
+    """Stage 1 of the quick recipe on ``model``: body frozen but BatchNorm, one-cycle over 10 steps."""
     ft.freeze_body(model, frozen=True)
     recipe = ft.recipe_from_config(quick_recipe())
     lrs = ft.stage_lrs(recipe, 1)
     optimizer = ft.make_optimizer(model, recipe, lrs)
-    scheduler = ft.one_cycle(optimizer, recipe, lrs, 10)
+    return optimizer, ft.one_cycle(optimizer, recipe, lrs, 10)
+
+
+def test_stage1_step_freezes_convs_but_trains_batchnorm():
+    model = FinetunedResNet18(2)
+    optimizer, scheduler = stage1_optimizer(model)
     images, labels = toy_images(16)
     loader = ft.make_loader(images, labels, 16, shuffle=True)
     before = {k: v.clone() for k, v in model.body.state_dict().items()}
@@ -202,11 +207,7 @@ def test_scheduler_steps_only_after_a_real_optimizer_step():
     torch.manual_seed(0)
     images, labels = toy_images(64)
     model = FinetunedResNet18(2)
-    ft.freeze_body(model, frozen=True)
-    recipe = ft.recipe_from_config(quick_recipe())
-    lrs = ft.stage_lrs(recipe, 1)
-    optimizer = ft.make_optimizer(model, recipe, lrs)
-    scheduler = ft.one_cycle(optimizer, recipe, lrs, 10)
+    optimizer, scheduler = stage1_optimizer(model)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     backward_passes = []
 
