@@ -62,6 +62,17 @@ def write_inputs(folder: Path, scale: float) -> dict[str, Path]:
     return {"mnist": mnist, "cifar10": cifar, "weights": weights}
 
 
+def written_inputs(folder: Path, scale: float) -> dict[str, Path]:
+    """The generated inputs, written once: a rerun in the same ``--workdir`` resumes the study instead of
+    regenerating (and so re-ingesting) everything."""
+    done = folder / "written"
+    if done.is_file():
+        return {"mnist": folder / "mnist", "cifar10": folder / "cifar10", "weights": folder / "resnet18-random.pth"}
+    inputs = write_inputs(folder, scale)
+    done.write_text(f"{scale}\n")
+    return inputs
+
+
 def study_config(inputs: dict[str, Path], scale: float, epochs: int, trees: int) -> dict:
     """config/paper.yaml on the generated inputs, with only the CPU-bound settings shortened."""
     config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
@@ -114,15 +125,15 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"embedscope-fullsize-{args.scale:g}-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    inputs = write_inputs(work / "inputs", args.scale)
-    print(f"inputs written in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
+    inputs = written_inputs(work / "inputs", args.scale)
+    print(f"inputs ready in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
     (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees)))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--cores", str(args.cores), "--rerun-incomplete", "--configfile", str(work / "study.yaml")]
+           "--cores", str(args.cores), "--rerun-incomplete", "--keep-going", "--configfile", str(work / "study.yaml")]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    with open(work / "snakemake.log", "w") as log:  # streamed, so a long run can be followed with tail -f
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     total = time.perf_counter() - start
-    (work / "snakemake.log").write_text(proc.stdout + proc.stderr)
     rows = job_rows(work, args.scale)
     out = write_rows(rows, f"bench_fullsize_{args.scale:g}.csv", COLUMNS) if rows else None
     print(f"{'job':<58} {'wall s':>8} {'runtime s':>9} {'peak MB':>8} {'sampled':>8} {'mem_mb':>7} {'mem %':>6}")
