@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of each fine-tuning stage (default 1)")
     parser.add_argument("--trees", type=int, default=20, help="random-forest trees (default 20)")
     parser.add_argument("--workdir", type=Path, help="run here (kept) instead of a temporary folder")
+    parser.add_argument("--table", type=Path, help="write the table here (default: results/benchmarks/"
+                        "bench_fullsize_<scale>.csv)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"embedscope-fullsize-{args.scale:g}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,7 @@ def main() -> None:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     total = time.perf_counter() - start
     rows = job_rows(work, args.scale)
-    out = write_rows(rows, f"bench_fullsize_{args.scale:g}.csv", COLUMNS) if rows else None
+    out = write_rows(rows, args.table or f"bench_fullsize_{args.scale:g}.csv", COLUMNS) if rows else None
     print(f"{'job':<58} {'wall s':>8} {'runtime s':>9} {'peak MB':>8} {'sampled':>8} {'mem_mb':>7} {'mem %':>6}")
     for r in rows:
         print(f"{r['job']:<58} {r['wall_s']:>8} {r['runtime_s']:>9.0f} {r['peak_rss_mb']:>8} "

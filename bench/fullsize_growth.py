@@ -1,0 +1,103 @@
+"""How each stage's peak memory grows from a small scale of the full study to its real size.
+
+    .venv/bin/python bench/fullsize_growth.py SMALL_WORKDIR FULL_WORKDIR
+
+Both arguments are ``--workdir`` folders of ``bench/bench_fullsize.py`` runs (e.g. ``--scale 0.05`` and the
+default full size). For every stage (rule x dataset, and extractor for the extraction; the largest job of the
+stage) it prints the true peak at both sizes, the bytes the stage must hold whatever the implementation
+(``held``: one uint8 copy of the images for fine-tuning, one float32 feature layer for the classifier and
+embedding tables, one layer's test split for a t-SNE map; nothing for the stages that stream), and the growth of
+the peak beyond those bytes, ``(peak_full - held_full) / (peak_small - held_small)``. A stage that streams keeps
+that ratio near 1; the target is < 1.3. Writes results/benchmarks/fullsize_growth.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_fullsize import job_rows  # noqa: E402
+from csvout import write_rows  # noqa: E402
+
+COLUMNS = ["stage", "jobs", "peak_small_mb", "peak_full_mb", "raw_ratio", "held_small_mb", "held_full_mb",
+           "growth_beyond_held"]
+TEST_SPLIT = 1  # embedscope.store.split_code("test")
+
+
+def _images_bytes(work: Path, dataset: str) -> int:
+    images = zarr.open_group(str(work / "results" / "data" / f"{dataset}.zarr"), mode="r")["images"]
+    return int(images.nbytes)
+
+
+def _layers(work: Path, dataset: str):
+    """(extractor, layer, zarr group) of every layer of every feature store of ``dataset``."""
+    for path in sorted((work / "results" / "features" / dataset).glob("*.zarr")):
+        group = zarr.open_group(str(path), mode="r")
+        for layer in group.attrs["layers"]:
+            yield path.stem, layer, group[layer]
+
+
+def held_bytes(work: Path, rule: str, job: str) -> int:
+    """Bytes a job of ``rule`` must hold at once, read from the stores its run wrote."""
+    parts = job.split("/")
+    dataset = parts[1]
+    if rule == "finetune_resnet18":
+        return _images_bytes(work, dataset)
+    if rule in ("evaluate_classifiers", "evaluate_embeddings"):
+        widest = max(int(g["features"].nbytes) for _, _, g in _layers(work, dataset))
+        if rule == "evaluate_classifiers":  # raw pixels are one of its feature sets, in float32
+            widest = max(widest, 4 * _images_bytes(work, dataset))
+        return widest
+    if rule == "embed_tsne":
+        extractor, layer = parts[2], parts[3]
+        group = zarr.open_group(str(work / "results" / "features" / dataset / f"{extractor}.zarr"), mode="r")[layer]
+        n_test = int((group["split"][...] == TEST_SPLIT).sum())
+        return 4 * n_test * int(group["features"].shape[1])
+    return 0
+
+
+def stage_peaks(work: Path) -> dict[str, tuple[int, float, float]]:
+    """stage -> (jobs, the largest peak MB among its jobs, the held MB of that job)."""
+    jobs: dict[str, list[dict]] = {}
+    for row in job_rows(work, 0):
+        parts = row["job"].split("/")
+        stage = f"{row['rule']} {'/'.join(parts[1:3] if row['rule'] == 'extract_features' else parts[1:2])}"
+        jobs.setdefault(stage, []).append(row)
+    stages = {}
+    for stage, rows in jobs.items():
+        top = max(rows, key=lambda r: r["peak_rss_mb"])
+        stages[stage] = (len(rows), top["peak_rss_mb"], held_bytes(work, top["rule"], top["job"]) / 2**20)
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("small", type=Path)
+    parser.add_argument("full", type=Path)
+    args = parser.parse_args()
+    small, full = stage_peaks(args.small), stage_peaks(args.full)
+    rows = []
+    for stage in sorted(full):
+        jobs, peak_full, held_full = full[stage]
+        _, peak_small, held_small = small.get(stage, (0, float("nan"), 0.0))
+        rows.append({"stage": stage, "jobs": jobs, "peak_small_mb": round(peak_small), "peak_full_mb": round(peak_full),
+                     "raw_ratio": round(peak_full / peak_small, 2), "held_small_mb": round(held_small),
+                     "held_full_mb": round(held_full),
+                     "growth_beyond_held": round((peak_full - held_full) / (peak_small - held_small), 2)})
+    out = write_rows(rows, "fullsize_growth.csv", COLUMNS)
+    print(f"{'stage':<34} {'jobs':>4} {'small MB':>8} {'full MB':>8} {'raw':>5} {'held s':>7} {'held f':>7} "
+          f"{'beyond':>6}")
+    for r in rows:
+        print(f"{r['stage']:<34} {r['jobs']:>4} {r['peak_small_mb']:>8} {r['peak_full_mb']:>8} {r['raw_ratio']:>5} "
+              f"{r['held_small_mb']:>7} {r['held_full_mb']:>7} {r['growth_beyond_held']:>6}")
+    worst = max(rows, key=lambda r: r["growth_beyond_held"])
+    print(f"largest growth beyond the held bytes: {worst['growth_beyond_held']}x ({worst['stage']}); table {out}")
+
+
+if __name__ == "__main__":
+    main()
