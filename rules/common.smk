@@ -170,7 +170,8 @@ def extent_of(dataset):
     if settings["source"] != "imagefolder":
         return dataset_extent(settings)
     listing = imagefolder_listing(settings["root"])
-    return dataset_extent(settings, len(listing.entries), len(listing.class_names))
+    return dataset_extent(settings, len(listing.entries), len(listing.class_names),
+                          max((entry.size for entry in listing.entries), default=0))
 
 
 def ingest_size(wildcards, threads):

@@ -38,13 +38,17 @@ def test_ingest_of_in_memory_sources(settings, threads, expected):
 
 
 def test_ingest_of_an_image_folder_grows_with_files_and_threads_not_pixels_held():
-    extent = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 20000, 10)
-    # max(1000, 850 + (20,000 x 1 kB + 8 x threads x 3,145,728 B + 6 MB) / 1e6);
+    extent = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 20000, 10, largest_file=5000)
+    assert extent.largest_file == 5000
+    # 850 + ceil((20,000 x 1 kB + 9 x 8192^2 B (the decode budget) + 4 x threads x (5,000 + 3,072) B + 6 MB) / 1e6);
     # 5 + ceil(20,000 x 2.03072 ms / threads / 60)
-    assert ingest_resources(extent, 1) == {"mem_mb": 1000, "runtime": 6}
-    assert ingest_resources(extent, 4) == {"mem_mb": 1000, "runtime": 6}
-    bigger = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 200000, 10)
-    assert ingest_resources(bigger, 4) == {"mem_mb": 1157, "runtime": 7}
+    assert ingest_resources(extent, 1) == {"mem_mb": 850 + 631, "runtime": 6}
+    assert ingest_resources(extent, 4) == {"mem_mb": 850 + 631, "runtime": 6}
+    bigger = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 200000, 10, largest_file=5000)
+    assert ingest_resources(bigger, 4) == {"mem_mb": 850 + 811, "runtime": 7}
+    # files of up to 50 MB, 16 of them read ahead: 800 MB more
+    large_files = dataset_extent({"source": "imagefolder", "image_size": [32, 32]}, 20000, 10, 50_000_000)
+    assert ingest_resources(large_files, 4) == {"mem_mb": 850 + 1431, "runtime": 6}
 
 
 def test_baseline_reads_chunks():

@@ -10,6 +10,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,15 @@ import pytest
 from PIL import Image
 
 from embedscope.datasets import assign_split, ingest_dataset
-from embedscope.sources import ImageFolder, SourceError, list_imagefolder, read_idx, read_imagefolder, read_torchvision
+from embedscope.sources import (
+    DecodeBudget,
+    ImageFolder,
+    SourceError,
+    list_imagefolder,
+    read_idx,
+    read_imagefolder,
+    read_torchvision,
+)
 from embedscope.store import ImageStoreWriter, read_image_store
 from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
 
@@ -527,6 +536,39 @@ def test_sixteen_bit_depth_comes_from_the_mode_not_the_values(tmp_path):
     images, labels, _, names, attrs = read_imagefolder(tmp_path)
     assert names == ["bright", "dark"] and attrs["channels"] == 1
     assert images[0, 0, :, 0].tolist() == [100, 255, 4] and images[1, 0, :, 0].tolist() == [0, 1, 1]
+
+
+def test_every_sixteen_bit_value_is_rounded_to_the_nearest_eight_bit_value(tmp_path):
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # all of them, in one image
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(values).save(tmp_path / cls / "0.png")
+    images = read_imagefolder(tmp_path)[0]
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    assert np.array_equal(images[0, ..., 0], expected) and np.array_equal(images[1, ..., 0], expected)
+    assert expected[0, 128] == 0 and expected[0, 129] == 1 and expected[-1, -1] == 255  # 128/257 < 0.5 < 129/257
+
+
+def test_a_decode_waits_until_the_pixels_it_needs_are_free():
+    budget = DecodeBudget(capacity=100)
+    second_started = threading.Event()
+
+    def second():
+        with budget.hold(60):
+            second_started.set()
+
+    with budget.hold(60):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not second_started.wait(0.3) and budget.in_use == 60  # 60 + 60 > 100: it waits
+    assert second_started.wait(10)
+    thread.join()
+    assert budget.peak == 60 and budget.in_use == 0
+    with budget.hold(10), budget.hold(90):  # small ones share the budget
+        assert budget.in_use == 100
+    with budget.hold(10_000):  # an image larger than the budget holds all of it, alone
+        assert budget.in_use == 100
+    assert budget.peak == 100 and budget.in_use == 0
 
 
 @pytest.mark.parametrize("mode, array", [("I", np.full((2, 3), 70000, np.int32)),

@@ -8,10 +8,13 @@ below is a bound with headroom, not a measurement of one run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .sources import DECODE_BYTES_PER_PIXEL, MAX_IMAGE_PIXELS
 
 # No job run by Snakemake peaked below ~805 MB here, however small its data (ingest, baseline and the explorer
 # at 20,000 MNIST images: 803-804 MB): the script's start-up reaches that high-water mark before the job's data,
@@ -19,7 +22,7 @@ from typing import Any
 BASE_MB = 850
 JOB_FLOOR_MB = 1000
 CHUNK_MB = 2  # one chunk of rows of an image store (store.CHUNK_BYTES)
-LARGE_ORIGINAL = (1024, 1024, 3)  # an image folder's original files are assumed no larger than this to decode
+LARGE_ORIGINAL = (1024, 1024, 3)  # an image folder's stored shape without image_size, before ingest
 KNOWN_SOURCES = {  # source -> (images, (H, W, C)) of the fixed-size sources
     "embedded": (5000, (28, 28, 1)),
     "MNIST": (70000, (28, 28, 1)),
@@ -38,16 +41,19 @@ class Extent:
     image_shape: tuple[int, int, int]  # (H, W, C), an upper bound for an image folder
     n_classes: int
     held_per_pixel: int  # bytes held per stored pixel byte by an in-memory source; 0: streamed file by file
+    largest_file: int = 0  # bytes of an image folder's largest file (from its listing)
 
 
-def dataset_extent(settings: Mapping[str, Any], n_files: int = 0, n_classes: int = 0) -> Extent:
-    """The extent of one ``datasets.<id>`` entry; an image folder's ``n_files`` and ``n_classes`` come from its
-    listing, its image shape from ``image_size`` (RGB; :data:`LARGE_ORIGINAL` without it)."""
+def dataset_extent(settings: Mapping[str, Any], n_files: int = 0, n_classes: int = 0,
+                   largest_file: int = 0) -> Extent:
+    """The extent of one ``datasets.<id>`` entry; an image folder's ``n_files``, ``n_classes`` and
+    ``largest_file`` (bytes) come from its listing, its image shape from ``image_size`` (RGB;
+    :data:`LARGE_ORIGINAL` without it)."""
     source = settings["source"]
     if source == "imagefolder":
         size = settings.get("image_size")
         shape = (int(size[0]), int(size[1]), 3) if size else LARGE_ORIGINAL
-        return Extent(int(n_files), shape, int(n_classes), held_per_pixel=0)
+        return Extent(int(n_files), shape, int(n_classes), held_per_pixel=0, largest_file=int(largest_file))
     n, shape = KNOWN_SOURCES["embedded" if source == "embedded" else settings["name"]]
     return Extent(n, shape, 10, held_per_pixel=HELD_PER_PIXEL[source])
 
@@ -62,8 +68,10 @@ def ingest_resources(extent: Extent, threads: int = 1) -> dict[str, int]:
     mem_mb = max(JOB_FLOOR_MB, BASE_MB + held / 1e6), where held is
       - in memory: HELD_PER_PIXEL[source] x N x H x W x C (the source's arrays at their peak: 10 for
         embedded, 3 for torchvision);
-      - streamed: N x 1 kB (the listing, labels and split) + 8 x threads x max(H x W x C, LARGE_ORIGINAL pixels)
-        (4 files in flight per thread, each as file bytes plus decoded original) + 3 chunks of rows being filled.
+      - streamed: N x 1 kB (the listing, labels and split) + the decodes in progress, DECODE_BYTES_PER_PIXEL x
+        MAX_IMAGE_PIXELS (embedscope.sources.DecodeBudget: the threads together never decode more pixels than
+        the largest image one file may have, 9 B x 8192^2 = 604 MB) + 4 x threads x (the largest file's bytes
+        + H x W x C) (the files read and decoded ahead, in order) + 3 chunks of rows being filled.
     runtime = 5 + N x (2 ms + H x W x C x 10 ns) / threads / 60 minutes, rounded up.
     """
     pixels = _pixels(extent.image_shape)
@@ -71,8 +79,9 @@ def ingest_resources(extent: Extent, threads: int = 1) -> dict[str, int]:
     if extent.held_per_pixel:
         held = extent.held_per_pixel * n * pixels
     else:
-        in_flight = 8 * max(1, threads) * max(pixels, _pixels(LARGE_ORIGINAL))
-        held = n * 1000 + in_flight + 3 * CHUNK_MB * 1_000_000
+        decoding = DECODE_BYTES_PER_PIXEL * MAX_IMAGE_PIXELS
+        ahead = 4 * max(1, threads) * (extent.largest_file + pixels)
+        held = n * 1000 + decoding + ahead + 3 * CHUNK_MB * 1_000_000
     seconds = n * (0.002 + pixels * 1e-8) / max(1, threads)
     return {"mem_mb": max(JOB_FLOOR_MB, BASE_MB + math.ceil(held / 1e6)), "runtime": 5 + math.ceil(seconds / 60)}
 
@@ -311,8 +320,7 @@ def stored_extent(extent: Extent, settings: Mapping[str, Any]) -> Extent:
     n_train, n_test = settings.get("n_train"), settings.get("n_test")
     if n_train is None or n_test is None:
         return extent
-    return Extent(min(extent.n_images, int(n_train) + int(n_test)), extent.image_shape, extent.n_classes,
-                  extent.held_per_pixel)
+    return dataclasses.replace(extent, n_images=min(extent.n_images, int(n_train) + int(n_test)))
 
 
 def _network_pixels(extent: Extent, extractor: str, resize: int | None) -> int:

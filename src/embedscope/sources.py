@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import tarfile
+import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -469,16 +470,47 @@ class _FileBytes(io.BytesIO):
 # warning threshold (Image.MAX_IMAGE_PIXELS), so that a decompression bomb stops with a message naming the file.
 MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_FILE_BYTES = 1 << 30  # no PNG or JPEG of at most MAX_IMAGE_PIXELS pixels needs more; checked before reading
+# Bytes per pixel a decode holds at its peak: up to three RGB copies (PIL's decoded image, the converted one and
+# an EXIF-rotated one); a 16-bit image holds its 2-byte original, a 4-byte working copy and the 1-byte result.
+DECODE_BYTES_PER_PIXEL = 9
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def _decode_image(data: bytes, path: Path, image_size):
+class DecodeBudget:
+    """Pixels being decoded at once, across the decoding threads: at most ``capacity`` (the largest image one
+    file may have), so many small images decode in parallel while a large one decodes alone. An ingest's memory
+    then stays within DECODE_BYTES_PER_PIXEL x capacity however many threads decode and whatever the folder
+    holds."""
+
+    def __init__(self, capacity: int = MAX_IMAGE_PIXELS):
+        self.capacity = int(capacity)
+        self.in_use = 0
+        self.peak = 0  # the most pixels ever held at once
+        self._free = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        need = min(int(pixels), self.capacity)
+        with self._free:
+            self._free.wait_for(lambda: self.in_use + need <= self.capacity)
+            self.in_use += need
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._free:
+                self.in_use -= need
+                self._free.notify_all()
+
+
+def _decode_image(data: bytes, path: Path, image_size, budget: DecodeBudget | None = None):
     """(array uint8 (H,W) for grayscale or (H,W,3) for colour, original (H,W)); raises on an unreadable file.
 
     The bit depth comes from the PIL mode, never from the pixel values: 16-bit grayscale (``I;16*``, a 16-bit
     PNG) is divided by 257 (65535 -> 255), the same for every file of that mode; 1-bit and 8-bit modes are
-    converted by PIL; 32-bit integer (``I``) and float (``F``) images have no fixed range and are refused."""
-    from PIL import Image, ImageOps
+    converted by PIL; 32-bit integer (``I``) and float (``F``) images have no fixed range and are refused. The
+    decode waits for room in ``budget`` (its pixel count, read from the header) before it starts."""
+    from PIL import Image
 
     with Image.open(_FileBytes(data, path)) as img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -487,24 +519,36 @@ def _decode_image(data: bytes, path: Path, image_size):
         if img.mode in ("I", "F"):
             raise ValueError(f"mode {img.mode} (32-bit {'integer' if img.mode == 'I' else 'float'}) has no fixed "
                              "range; expected 1-, 8- or 16-bit grayscale or 8-bit colour")
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        original = (img.height, img.width)
-        if img.mode in _SIXTEEN_BIT_MODES:
-            arr = np.asarray(img, dtype=np.float64) / 257.0
-            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-        elif img.mode in _GRAY_MODES:
-            img = img.convert("L")
-        else:
-            img = img.convert("RGB")
-        if image_size is not None:
-            height, width = int(image_size[0]), int(image_size[1])
-            if (img.height, img.width) != (height, width):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).copy(), original
+        with budget.hold(img.width * img.height) if budget is not None else contextlib.nullcontext():
+            return _decoded(img, image_size)
 
 
-def _read_image(path: Path, image_size, real_root: str):
+def _decoded(img, image_size):
+    """``_decode_image``'s result from an opened image whose header passed the checks."""
+    from PIL import Image, ImageOps
+
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    original = (img.height, img.width)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # round(v / 257) in integers: v + 128 never lands on a half, as 257 is odd
+        arr = np.array(img, dtype=np.uint32)
+        arr += 128
+        arr //= 257
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+        del arr
+    elif img.mode in _GRAY_MODES:
+        img = img.convert("L")
+    else:
+        img = img.convert("RGB")
+    if image_size is not None:
+        height, width = int(image_size[0]), int(image_size[1])
+        if (img.height, img.width) != (height, width):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).copy(), original
+
+
+def _read_image(path: Path, image_size, real_root: str, budget: DecodeBudget | None = None):
     """(file bytes or None, image or None, original size or None, why it failed or None): one read per file,
     the bytes both decoded and (by the caller) hashed. A file that resolves outside the root now (a link
     swapped in since the listing) or is larger than MAX_FILE_BYTES is not read."""
@@ -519,7 +563,7 @@ def _read_image(path: Path, image_size, real_root: str):
     except OSError as exc:
         return None, None, None, f"{type(exc).__name__}: {exc}"
     try:
-        image, original = _decode_image(data, path, image_size)
+        image, original = _decode_image(data, path, image_size, budget)
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
         return data, None, None, f"{type(exc).__name__}: {exc}"
     return data, image, original, None
@@ -592,7 +636,8 @@ class ImageFolder:
         digest = hashlib.sha256()
         sink = None
         real_root = os.path.realpath(self.listing.root)
-        read = _in_order(lambda i: _read_image(entries[i].path, self.image_size, real_root), order, threads)
+        budget = DecodeBudget()
+        read = _in_order(lambda i: _read_image(entries[i].path, self.image_size, real_root, budget), order, threads)
         for i, (data, image, original, why) in zip(order, read, strict=True):
             digest.update(entries[i].relpath.encode() + b"\0")
             digest.update(data or b"")
