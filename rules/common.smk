@@ -30,7 +30,7 @@ from embedscope.footprint import (  # noqa: E402
     tsne_points,
     tsne_resources,
 )
-from embedscope.sources import list_imagefolder  # noqa: E402
+from embedscope.sources import list_imagefolder, torchvision_split_bounds  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -164,9 +164,20 @@ def ingest_threads(wildcards):
     return INGEST_THREADS if dataset_settings(wildcards.dataset)["source"] == "imagefolder" else 1
 
 
+@functools.cache
+def torchvision_bounds(name, root):
+    """At most how many train and test images a torchvision dataset under its own root holds (headers and file
+    sizes only), once per Snakemake run."""
+    return torchvision_split_bounds(name, root)
+
+
 def extent_of(dataset):
     """How big a dataset is known to be before ingest (embedscope.footprint), for the rules' resources."""
     settings = dataset_settings(dataset)
+    if settings["source"] == "torchvision" and settings.get("root"):
+        bounds = torchvision_bounds(settings["name"], settings["root"])
+        if bounds:
+            return dataset_extent(settings, n_files=sum(bounds), n_test=bounds[1])
     if settings["source"] != "imagefolder":
         return dataset_extent(settings)
     listing = imagefolder_listing(settings["root"])

@@ -21,7 +21,8 @@ CIFAR10 = dataset_extent({"source": "torchvision", "name": "CIFAR10"})
 
 def test_extent_of_each_source():
     assert dataset_extent({"source": "embedded"}) == Extent(5000, (28, 28, 1), 10, held_per_pixel=10)
-    assert dataset_extent({"source": "torchvision", "name": "CIFAR10"}) == Extent(60000, (32, 32, 3), 10, 3)
+    assert dataset_extent({"source": "torchvision", "name": "CIFAR10"}) == Extent(
+        60000, (32, 32, 3), 10, 3, n_test=10000)
     assert dataset_extent({"source": "imagefolder", "image_size": [64, 48]}, 20000, 7) == Extent(
         20000, (64, 48, 3), 7, 0)
     assert dataset_extent({"source": "imagefolder"}, 5, 2).image_shape == (1024, 1024, 3)
@@ -75,6 +76,10 @@ def test_splits_points_and_layer_widths():
     assert split_sizes({"source": "embedded", "n_test": 1000}, dataset_extent(EMBEDDED)) == (4000, 1000)
     assert split_sizes(MNIST, dataset_extent(MNIST)) == (60000, 10000)
     assert split_sizes({**MNIST, "n_train": 20000}, dataset_extent(MNIST)) == (20000, 10000)
+    # MNIST's layout under its own root holding 3,500 images, 500 of them test (counted from its headers)
+    small = dataset_extent({**MNIST, "root": "/data"}, n_files=3500, n_test=500)
+    assert small == Extent(3500, (28, 28, 1), 10, held_per_pixel=3, n_test=500)
+    assert split_sizes(MNIST, small) == (3000, 500) and tsne_points(MNIST, small) == 500
     assert tsne_points(CIFAR, dataset_extent(CIFAR)) == 3200 and tsne_points(MNIST, dataset_extent(MNIST)) == 10000
     # 1 x (1 + 16 + 64) x 7 x 7 and 3 x 81 x 8 x 8; J = 3, L = 4: 1 + 12 + 16 x 3 = 61 coefficients, 4 x 4 (ceil 28/8)
     assert scattering_width((28, 28, 1), 2, 8) == 3969 and scattering_width((32, 32, 3), 2, 8) == 15552

