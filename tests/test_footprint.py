@@ -167,30 +167,33 @@ def test_stored_extent_and_layer_widths():
 def test_extraction_of_the_default_study():
     # held = 5,000 x 24 + 2,551 x 784 (a 2 MB block) + 256 x 3 x 784 x 4 + 256 x 100 x 784 x 4
     #        + 2 x (8 x 2 MB + 256 x 1,216 x 4) + 4 x 11,704,384 params = 166.1 MB; 1,100 + ceil(1.5 x 166.1)
-    # runtime: 10 + ceil(4 x 5,000 x 784 x 1 us / 60)
-    assert extraction_resources(MNIST5K, "resnet18", 256) == {"mem_mb": 1350, "runtime": 11}
-    assert extraction_resources(MNIST5K, "scattering", 256, {"J": 2, "L": 8}) == {"mem_mb": 1246, "runtime": 12}
-    assert extraction_resources(MNIST5K, "resnet18_finetuned", 256) == {"mem_mb": 1328, "runtime": 11}
+    # runtime: 10 + ceil(4 x 5,000 x (5 ms + 784 x 1 us) / 60); scattering 10 + ceil(4 x 5,000 x 784 x 12 us / 60)
+    assert extraction_resources(MNIST5K, "resnet18", 256) == {"mem_mb": 1350, "runtime": 12}
+    assert extraction_resources(MNIST5K, "scattering", 256, {"J": 2, "L": 8}) == {"mem_mb": 1246, "runtime": 14}
+    assert extraction_resources(MNIST5K, "resnet18_finetuned", 256) == {"mem_mb": 1328, "runtime": 12}
 
 
 def test_extraction_grows_with_resize_and_batch_not_images_and_shards_split_the_time():
     # a million images add only their labels (24 MB); a shard job runs a quarter of the rows; 224x224 inputs
     # hold 64 times the activations of 28x28 ones per image
     big = Extent(1_000_000, (28, 28, 1), 10, 0)
-    assert extraction_resources(big, "resnet18", 256) == {"mem_mb": 1385, "runtime": 63}
-    assert extraction_resources(big, "resnet18", 256, shards=4, job="shard") == {"mem_mb": 1385, "runtime": 24}
+    # 10 + ceil(4 x rows x 5.784 ms / 60): rows 1,000,000 and 250,000
+    assert extraction_resources(big, "resnet18", 256) == {"mem_mb": 1385, "runtime": 396}
+    assert extraction_resources(big, "resnet18", 256, shards=4, job="shard") == {"mem_mb": 1385, "runtime": 107}
     assert extraction_resources(big, "resnet18", 256, shards=4, job="gather") == {"mem_mb": 1224, "runtime": 27}
-    assert extraction_resources(CIFAR10, "resnet18", 256, resize=224) == {"mem_mb": 9166, "runtime": 211}
-    assert extraction_resources(CIFAR10, "resnet18", 64, resize=224) == {"mem_mb": 3209, "runtime": 211}
+    # 10 + ceil(4 x 60,000 x (5 ms + 50,176 x 1 us) / 60); scattering 10 + ceil(4 x 60,000 x 3,072 x 12 us / 60)
+    assert extraction_resources(CIFAR10, "resnet18", 256, resize=224) == {"mem_mb": 9166, "runtime": 231}
+    assert extraction_resources(CIFAR10, "resnet18", 64, resize=224) == {"mem_mb": 3209, "runtime": 231}
     assert extraction_resources(CIFAR10, "scattering", 256, {"J": 2, "L": 8}, cuda=True) == {
-        "mem_mb": 4145, "runtime": 60}
+        "mem_mb": 4145, "runtime": 158}
 
 
 def test_finetuning():
     # held = 5,000 x 784 + 5,000 x 32 + 6 x 4 x 11,709,514 + 128 x 300 x 784 x 4 + 256 x 103 x 784 x 4 + 2 MB
-    #      = 490.4 MB; 1,100 + ceil(1.5 x 490.4); 10 + ceil(4 x 5,000 x 784 x (9 x 4.75 us + 1 us) / 60)
-    assert finetune_resources(MNIST5K, 128, 2, 7) == {"mem_mb": 1836, "runtime": 22}
+    #      = 490.4 MB; 1,100 + ceil(1.5 x 490.4);
+    # 10 + ceil(4 x 5,000 x (9 x (training 1 ms + 784 x 3.75 us + inference 5 ms + 784 x 1 us) + 5.784 ms) / 60)
+    assert finetune_resources(MNIST5K, 128, 2, 7) == {"mem_mb": 1836, "runtime": 42}
     paper_mnist = dataset_extent({"source": "torchvision", "name": "MNIST"})
-    assert finetune_resources(paper_mnist, 128, 4, 5) == {"mem_mb": 1915, "runtime": 171}
-    assert finetune_resources(paper_mnist, 128, 4, 5, cuda=True, workers=8) == {"mem_mb": 6815, "runtime": 171}
-    assert finetune_resources(CIFAR10, 128, 4, 5, resize=64) == {"mem_mb": 3396, "runtime": 727}
+    assert finetune_resources(paper_mnist, 128, 4, 5) == {"mem_mb": 1915, "runtime": 446}
+    assert finetune_resources(paper_mnist, 128, 4, 5, cuda=True, workers=8) == {"mem_mb": 6815, "runtime": 446}
+    assert finetune_resources(CIFAR10, 128, 4, 5, resize=64) == {"mem_mb": 3396, "runtime": 963}

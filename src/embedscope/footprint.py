@@ -312,9 +312,16 @@ HEAD_PARAMS = 2 * 1024 + 1024 * 512 + 512 + 2 * 512  # BatchNorm1d(1024), fc1, B
 # 1,130 MB peak, scattering 1,038 MB, fine-tuning 1,195-1,199 MB in stage 1, against ~1,000 MB for the imports.
 INFERENCE_FLOATS_PER_PIXEL = {"resnet18": 100, "scattering": 100}
 TRAINING_FLOATS_PER_PIXEL = 300
-# seconds per input pixel on 2 idle CPU threads (28x28: resnet18 inference ~1,450 images/s, scattering ~420,
-# a training step ~340 images/s: bench_finetune and the reference run's logs), before TIME_HEADROOM
-SECONDS_PER_PIXEL = {"resnet18": 1.0e-6, "scattering": 4.0e-6, "training": 3.75e-6}
+# CPU seconds on 2 threads, before TIME_HEADROOM: per image (batch overheads, which dominate at 28x28: the full
+# MNIST resnet18 extraction ran at 94 images/s, 10.7 ms per image, on this 2-core machine under load) plus per
+# input pixel (which dominates at 224x224; scattering: 31 ms per 28x28 image under load, 40 ns per pixel)
+SECONDS_PER_IMAGE = {"resnet18": 5.0e-3, "scattering": 0.0, "training": 1.0e-3}
+SECONDS_PER_PIXEL = {"resnet18": 1.0e-6, "scattering": 1.2e-5, "training": 3.75e-6}
+
+
+def _per_image(kind: str, pixels: int) -> float:
+    """CPU seconds one image of ``pixels`` input pixels takes (SECONDS_PER_IMAGE + pixels x SECONDS_PER_PIXEL)."""
+    return SECONDS_PER_IMAGE[kind] + pixels * SECONDS_PER_PIXEL[kind]
 
 
 def extractor_widths(extractor: str, extent: Extent, scattering: Mapping[str, Any] | None = None) -> tuple[int, ...]:
@@ -356,7 +363,8 @@ def extraction_resources(extent: Extent, extractor: str, batch_size: int, scatte
            (each layer's chunk buffer and its concatenation) + 4 x params B;
     gather: held = N x 24 B x 2 + 2 x sum_D (CHUNK_MB + chunk of the shard) (no network, no images).
     mem_mb = TORCH_BASE_MB (+ CUDA_HOST_MB on CUDA) + TORCH_HEADROOM x held / 1e6;
-    runtime = 10 + TIME_HEADROOM x rows x P x SECONDS_PER_PIXEL[extractor] / 60 minutes (rows: N, or N / shards;
+    runtime = 10 + TIME_HEADROOM x rows x (SECONDS_PER_IMAGE + P x SECONDS_PER_PIXEL)[extractor] / 60 minutes
+    (rows: N, or N / shards;
     the CPU rate of 2 threads, a generous bound on a GPU); gather: 10 + TIME_HEADROOM x N x sum_D x 4 B / 20 MB/s
     (minutes, rounded up).
     """
@@ -374,7 +382,8 @@ def extraction_resources(extent: Extent, extractor: str, batch_size: int, scatte
     held = (n * 24 + read_rows * image_bytes + batch * 3 * pixels * 4
             + batch * INFERENCE_FLOATS_PER_PIXEL.get(extractor, INFERENCE_FLOATS_PER_PIXEL["resnet18"]) * pixels * 4
             + buffers + 4 * params)
-    seconds = rows * pixels * SECONDS_PER_PIXEL.get(extractor, SECONDS_PER_PIXEL["resnet18"])
+    kind = extractor if extractor in SECONDS_PER_PIXEL else "resnet18"
+    seconds = rows * _per_image(kind, pixels)
     return _resources(held, seconds, cuda)
 
 
@@ -387,9 +396,9 @@ def finetune_resources(extent: Extent, batch_size: int, stage1_epochs: int, stag
            both) + B x TRAINING_FLOATS_PER_PIXEL x P x 4 B (a training step) + max(B, 256) x (3 +
            INFERENCE_FLOATS_PER_PIXEL) x P x 4 B (an evaluation batch) + CHUNK_MB (the chunk being read);
     mem_mb = TORCH_BASE_MB (+ CUDA_HOST_MB + workers x WORKER_MB on CUDA) + TORCH_HEADROOM x held / 1e6;
-    runtime = 10 + TIME_HEADROOM x (E x N x P x (SECONDS_PER_PIXEL training + resnet18) + N x P x resnet18)
-    / 60 minutes, rounded up (every image trained and evaluated each epoch: a bound for any train/test split;
-    the CPU rate).
+    runtime = 10 + TIME_HEADROOM x (E x N x (t_training + t_resnet18) + N x t_resnet18) / 60 minutes, rounded
+    up, with t = SECONDS_PER_IMAGE + P x SECONDS_PER_PIXEL (every image trained and evaluated each epoch: a
+    bound for any train/test split; the CPU rate).
     """
     n, batch = extent.n_images, int(batch_size)
     pixels = _network_pixels(extent, "resnet18", resize)
@@ -399,6 +408,6 @@ def finetune_resources(extent: Extent, batch_size: int, stage1_epochs: int, stag
             + max(batch, 256) * (3 + INFERENCE_FLOATS_PER_PIXEL["resnet18"]) * pixels * 4
             + CHUNK_MB * 1_000_000)
     epochs = int(stage1_epochs) + int(stage2_epochs)
-    seconds = n * pixels * (epochs * (SECONDS_PER_PIXEL["training"] + SECONDS_PER_PIXEL["resnet18"])
-                            + SECONDS_PER_PIXEL["resnet18"])
+    inference = _per_image("resnet18", pixels)
+    seconds = n * (epochs * (_per_image("training", pixels) + inference) + inference)
     return _resources(held, seconds, cuda, extra_mb=max(0, int(workers)) * WORKER_MB if cuda else 0)
