@@ -41,7 +41,9 @@ from embedscope.synthetic import write_cifar10_raw, write_mnist_raw  # noqa: E40
 SUMMARY = re.compile(r"job summary: rule=(\S+) wall_s=([\d.]+) peak_rss_mb=(\d+) children_peak_rss_mb=(\d+) "
                      r"mem_mb=(\S+) runtime_min=(\S+)")
 COLUMNS = ["scale", "job", "rule", "wall_s", "runtime_s", "wall_ratio", "peak_rss_mb", "benchmark_max_rss_mb",
-           "mem_mb", "mem_ratio"]
+           "mem_mb", "mem_ratio", "mem_mb_now", "runtime_s_now"]
+DRY_RUN_JOB = re.compile(r"^\s+log: results/logs/(\S+)\.log$.*?^\s+resources: .*?runtime=(\d+), mem_mb=(\d+)",
+                         re.M | re.S)
 
 
 def write_inputs(folder: Path, scale: float) -> dict[str, Path]:
@@ -114,6 +116,25 @@ def job_rows(work: Path, scale: float) -> list[dict]:
     return rows
 
 
+def declared_now(work: Path) -> dict[str, tuple[int, int]]:
+    """job -> (mem_mb, runtime in minutes) that the workflow as it is now declares for every job of the run in
+    ``work`` (a forced dry run there): the declarations a rerun would get, beside those the run had."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--cores", "2", "-n", "-F", "--configfile", str(work / "study.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return {job: (int(mem), int(runtime)) for job, runtime, mem in DRY_RUN_JOB.findall(out)}
+
+
+def run_study(work: Path, cores: int) -> tuple[int, float]:
+    """Snakemake on the study in ``work``: (its exit status, seconds)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--cores", str(cores), "--rerun-incomplete", "--keep-going", "--configfile", str(work / "study.yaml")]
+    start = time.perf_counter()
+    with open(work / "snakemake.log", "w") as log:  # streamed, so a long run can be followed with tail -f
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return proc.returncode, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real sizes (default 1)")
@@ -123,31 +144,37 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="run here (kept) instead of a temporary folder")
     parser.add_argument("--table", type=Path, help="write the table here (default: results/benchmarks/"
                         "bench_fullsize_<scale>.csv)")
+    parser.add_argument("--tabulate-only", action="store_true",
+                        help="only tabulate the jobs already run in --workdir (e.g. while a long run goes on)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"embedscope-fullsize-{args.scale:g}-"))
     work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    inputs = written_inputs(work / "inputs", args.scale)
-    print(f"inputs ready in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
-    (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees)))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--cores", str(args.cores), "--rerun-incomplete", "--keep-going", "--configfile", str(work / "study.yaml")]
-    start = time.perf_counter()
-    with open(work / "snakemake.log", "w") as log:  # streamed, so a long run can be followed with tail -f
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    total = time.perf_counter() - start
+    if args.tabulate_only:
+        status, total = 0, float("nan")
+    else:
+        start = time.perf_counter()
+        inputs = written_inputs(work / "inputs", args.scale)
+        print(f"inputs ready in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
+        (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees)))
+        status, total = run_study(work, args.cores)
     rows = job_rows(work, args.scale)
+    now = declared_now(work)
+    for r in rows:
+        mem, runtime = now.get(r["job"], (float("nan"), float("nan")))
+        r.update(mem_mb_now=mem, runtime_s_now=60 * runtime)
     out = write_rows(rows, args.table or f"bench_fullsize_{args.scale:g}.csv", COLUMNS) if rows else None
-    print(f"{'job':<58} {'wall s':>8} {'runtime s':>9} {'peak MB':>8} {'sampled':>8} {'mem_mb':>7} {'mem %':>6}")
+    print(f"{'job':<58} {'wall s':>8} {'runtime s':>9} {'peak MB':>8} {'sampled':>8} {'mem_mb':>7} {'mem %':>6}"
+          f" {'now MB':>7} {'now s':>6}")
     for r in rows:
         print(f"{r['job']:<58} {r['wall_s']:>8} {r['runtime_s']:>9.0f} {r['peak_rss_mb']:>8} "
-              f"{r['benchmark_max_rss_mb']:>8} {r['mem_mb']:>7.0f} {100 * r['mem_ratio']:>5.0f}%")
+              f"{r['benchmark_max_rss_mb']:>8} {r['mem_mb']:>7.0f} {100 * r['mem_ratio']:>5.0f}% "
+              f"{r['mem_mb_now']:>7} {r['runtime_s_now']:>6}")
     over = [r["job"] for r in rows if r["mem_ratio"] > 1 or r["wall_ratio"] > 1]
-    print(f"snakemake {'finished' if proc.returncode == 0 else 'FAILED'} in {total:.0f} s; {len(rows)} jobs; "
+    print(f"snakemake {'finished' if status == 0 else 'FAILED'} in {total:.0f} s; {len(rows)} jobs; "
           f"table {out}; log {work / 'snakemake.log'}")
     if over:
         print("over their declaration: " + ", ".join(over))
-    if proc.returncode != 0 or over:
+    if status != 0 or over:
         sys.exit(1)
 
 

@@ -81,7 +81,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FinetuneError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mapped, not read: the optimizer state a checkpoint also holds is never paged in by a reader
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise FinetuneError(
             f"checkpoint {path} could not be read with torch.load(weights_only=True): {exc}"
