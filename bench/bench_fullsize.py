@@ -125,10 +125,11 @@ def declared_now(work: Path) -> dict[str, tuple[int, int]]:
     return {job: (int(mem), int(runtime)) for job, runtime, mem in DRY_RUN_JOB.findall(out)}
 
 
-def run_study(work: Path, cores: int) -> tuple[int, float]:
-    """Snakemake on the study in ``work``: (its exit status, seconds)."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--cores", str(cores), "--rerun-incomplete", "--keep-going", "--configfile", str(work / "study.yaml")]
+def run_study(work: Path, cores: int, targets: list[str] | None = None) -> tuple[int, float]:
+    """Snakemake on the study in ``work`` (all of it, or ``targets``): (its exit status, seconds)."""
+    cmd = [sys.executable, "-m", "snakemake", *(targets or []), "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(work), "--cores", str(cores), "--rerun-incomplete", "--keep-going",
+           "--configfile", str(work / "study.yaml")]
     start = time.perf_counter()
     with open(work / "snakemake.log", "w") as log:  # streamed, so a long run can be followed with tail -f
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="run here (kept) instead of a temporary folder")
     parser.add_argument("--table", type=Path, help="write the table here (default: results/benchmarks/"
                         "bench_fullsize_<scale>.csv)")
+    parser.add_argument("--targets", nargs="+", help="run only these outputs (and what they need)")
     parser.add_argument("--tabulate-only", action="store_true",
                         help="only tabulate the jobs already run in --workdir (e.g. while a long run goes on)")
     args = parser.parse_args()
@@ -156,7 +158,7 @@ def main() -> None:
         inputs = written_inputs(work / "inputs", args.scale)
         print(f"inputs ready in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
         (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees)))
-        status, total = run_study(work, args.cores)
+        status, total = run_study(work, args.cores, args.targets)
     rows = job_rows(work, args.scale)
     now = declared_now(work)
     for r in rows:
