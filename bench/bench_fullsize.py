@@ -14,7 +14,14 @@ pass an hour: fine-tuning 1 + 1 epochs (``--epochs``), ``device: cpu``, and a 20
 wall time, the kernel's high-water mark of its resident memory (not Snakemake's sampled ``max_rss``, which
 misses short peaks), and its declared ``mem_mb`` and ``runtime``; this script tabulates those lines beside the
 ``benchmark:`` files' ``max_rss`` and writes ``results/benchmarks/bench_fullsize_<scale>.csv``. A job whose
-peak or wall time passes its declaration is listed at the end, and the script exits non-zero.
+peak or wall time passes its declaration is listed at the end, and the script exits non-zero. Beside the
+declarations the run had, the table gives those the workflow declares now for the same jobs (``mem_mb_now``,
+``runtime_s_now``, from a forced dry run), so a long run made before a change can be read against it.
+
+At a reduced ``--scale`` the MNIST jobs are sized from the generated IDX headers, while the CIFAR-10 archive
+cannot tell its size without being decompressed, so its jobs keep the official sizes' declarations (bounds).
+``--targets`` runs only some outputs (the test suite's 1/20 run); ``--tabulate-only`` tabulates a ``--workdir``
+where a run is still going on or was stopped, and a rerun in the same ``--workdir`` resumes the study.
 """
 
 from __future__ import annotations
