@@ -52,3 +52,10 @@ def test_compute_environment_says_where_a_cpu_result_was_made():
     assert env["threads"] == torch.get_num_threads() and isinstance(env["device_name"], str) and env["device_name"]
     assert set(env) == {"device", "device_name", "precision", "torch", "cuda", "cudnn", "tf32_matmul", "tf32_cudnn",
                         "cudnn_benchmark", "cudnn_deterministic", "deterministic_algorithms", "threads"}
+
+
+def test_the_heap_threshold_is_fixed_on_glibc():
+    # Debian (CI) and these machines run glibc: mallopt accepts the fixed threshold
+    from embedscope.runtime import fix_heap_growth
+
+    assert fix_heap_growth() is True

@@ -141,6 +141,29 @@ def log_job_summary(rule: str, started: float, mem_mb, runtime_min) -> None:
             JOB_SUMMARY, rule, wall, own, children, mem_mb, runtime_min)
 
 
+# glibc serves an allocation from the heap below this size and maps it above; by default the threshold rises
+# with every large buffer freed (up to 32 MB), so a job's batch-sized buffers end up in a heap that fragments and
+# grows with the number of batches (an extraction's peak rose from 1.10 to 1.19 GB between 3,000 and 15,000
+# images). Fixed at 1 MB, those buffers are mapped and unmapped whole and the peak stays flat (1.01 and 1.02 GB).
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+
+
+def fix_heap_growth() -> bool:
+    """Fix glibc's mmap threshold (MMAP_THRESHOLD_BYTES) for this process; False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def start_job(snakemake, seed: int | None = None, deterministic: bool | None = None) -> str:
     """Common start of a workflow script: logging, threads, seeds. Returns the resolved device.
 
@@ -151,6 +174,7 @@ def start_job(snakemake, seed: int | None = None, deterministic: bool | None = N
     1-2 s of `import torch` each and seed only Python and NumPy.
     """
     setup_logging()
+    fix_heap_growth()
     resources = getattr(snakemake, "resources", None)
     atexit.register(log_job_summary, str(snakemake.rule), time.perf_counter(),
                     getattr(resources, "mem_mb", None), getattr(resources, "runtime", None))
