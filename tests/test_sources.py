@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import struct
 import sys
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from PIL import Image
 from embedscope.datasets import assign_split, ingest_dataset
 from embedscope.sources import ImageFolder, SourceError, list_imagefolder, read_idx, read_imagefolder, read_torchvision
 from embedscope.store import ImageStoreWriter, read_image_store
-from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
+from embedscope.synthetic import CIFAR10_CLASSES, png_claiming, write_cifar10_raw, write_imagefolder, write_mnist_raw
 
 # ---- MNIST IDX --------------------------------------------------------------------------------------------
 
@@ -539,19 +537,9 @@ def test_thirty_two_bit_images_are_refused(tmp_path, mode, array):
         read_imagefolder(tmp_path)
 
 
-def _png_claiming(width, height) -> bytes:
-    """A 1x1 PNG whose header (IHDR) claims width x height: what a decompression bomb's header looks like."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def test_an_image_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
     _two_classes(tmp_path)
-    (tmp_path / "b" / "bomb.png").write_bytes(_png_claiming(8500, 8500))
+    (tmp_path / "b" / "bomb.png").write_bytes(png_claiming(8500, 8500))
     with pytest.raises(SourceError, match=r"b/bomb.png \(ValueError: 8500x8500 = 72250000 pixels; at most 67108864 "
                                           r"per image \(embedscope.sources.MAX_IMAGE_PIXELS\)\)"):
         read_imagefolder(tmp_path)
