@@ -1,7 +1,8 @@
 """The real DAG on non-default sources: a tiny generated CIFAR-10 (torchvision's pickle batches in
 cifar-10-python.tar.gz) through `rule all` with every extractor, a folder of generated PNGs (imagefolder)
-through the scattering features, the classifier table and the class-mean figure, and an image folder whose
-added or removed files rerun ingest and what depends on it, and nothing when nothing changed."""
+through the scattering features, the classifier table and the class-mean figure, and an image folder (a 16-bit PNG
+and a file of another suffix among its files) whose added or removed files rerun ingest and what depends on it,
+and nothing when nothing changed."""
 
 from __future__ import annotations
 
@@ -192,6 +193,12 @@ def _scheduled(work) -> dict[str, int]:
 def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
     root = tmp_path / "folder"
     files = write_imagefolder(root, n_per_class=12, size=(32, 32), n_classes=3)
+    # a folder as users have them: a dark 16-bit PNG, whose depth comes from its mode (every value / 257, however
+    # dark: its largest is 255), and a file of another suffix, counted and reported but not read
+    dark = (np.arange(32 * 32) % 256).astype(np.uint16).reshape(32, 32)
+    Image.fromarray(dark).save(root / "class_1" / "sixteen_bit.png")
+    assert Image.open(root / "class_1" / "sixteen_bit.png").mode == "I;16"
+    (root / "class_2" / "scan.webp").write_bytes(b"RIFF")
     work = tmp_path / "run"
     write_config(work, {
         "datasets": {"folder": {"source": "imagefolder", "root": str(root), "image_size": [32, 32], "n_test": 9,
@@ -201,7 +208,16 @@ def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
         "metrics": {"random_forest_trees": 5, "knn_k": 3, "trustworthiness_k": 4},  # 9 test points
     })
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
-    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36
+    store = read_image_store(work / "results/data/folder.zarr")
+    assert store.attrs["n_files"] == 37 and store.attrs["channels"] == 3
+    # 0..128 -> 0, 129..255 -> 1, repeated to RGB among the colour images
+    stored = np.repeat(np.rint(dark / 257).astype(np.uint8)[..., None], 3, axis=-1)
+    assert int(stored.max()) == 1
+    rows = [i for i, image in enumerate(store.images) if np.array_equal(image, stored)]
+    assert len(rows) == 1 and store.labels[rows[0]] == 1
+    assert store.attrs["ignored_files"] == 1 and store.attrs["ignored_paths"] == ["class_2/scan.webp"]
+    assert (f"dataset folder: 1 file(s) under {root} are not .png/.jpg/.jpeg images in the layout and were not read: "
+            "class_2/scan.webp") in (work / "results/logs/data/folder.log").read_text()
     assert _scheduled(work) == {}
 
     added = write_png(root / "class_0" / "extra.png", np.full((32, 32, 3), 128, np.uint8))
@@ -212,5 +228,5 @@ def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
     files[-1].unlink()
     assert _scheduled(work) == TRACKED_JOBS
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
-    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 35
+    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36
     assert _scheduled(work) == {}
