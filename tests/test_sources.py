@@ -186,7 +186,8 @@ def test_imagefolder_train_test_rgb_mixed_with_gray_and_resized(tmp_path):
     np.testing.assert_array_equal(split, [0] * 6 + [1] * 4)
     np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1, 0, 0, 1, 1])
     gray = images[labels == 0]
-    assert np.all(gray[..., 0] == gray[..., 1]) and np.all(np.abs(gray.astype(int) - 100) <= 3)
+    # a uniform grey JPEG holds only DC coefficients, which quantise without loss: it decodes (and resizes) to 100
+    assert np.all(gray == 100)
     red = images[labels == 1]
     assert np.all(red[..., 0] == 250) and np.all(red[..., 2] == 5)
     assert attrs["channels"] == 3 and attrs["resized"] and attrs["original_sizes"] == {"10x12": 5, "20x24": 5}
