@@ -547,6 +547,19 @@ def test_an_image_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
     assert len(read_imagefolder(tmp_path, on_bad_image="skip")[0]) == 6
 
 
+def test_a_file_over_the_size_cap_is_refused_unread(tmp_path, monkeypatch):
+    import embedscope.sources as sources
+
+    _two_classes(tmp_path)
+    big = tmp_path / "b" / "big.png"
+    big.write_bytes((tmp_path / "b" / "0.png").read_bytes() + b"\0" * 100)  # the only file over the cap below
+    size = big.stat().st_size
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", size - 1)  # the real cap is 1 GiB
+    with pytest.raises(SourceError, match=rf"1 unreadable image.*\n  {tmp_path}/b/big.png \({size} bytes; at most "
+                                          rf"{size - 1} per image file \(not read\)\)"):
+        read_imagefolder(tmp_path)
+
+
 def test_other_files_are_counted_reported_and_listed_when_nothing_else_is_left(tmp_path, caplog):
     _two_classes(tmp_path / "root")
     root = tmp_path / "root"
