@@ -151,6 +151,14 @@ def _embedded(**settings):
     (lambda c: c["datasets"]["mnist5k"].update(max_points=20),
      "metrics.trustworthiness_k = 10: trustworthiness needs k < n / 2 of datasets.mnist5k's 20 t-SNE points "
      "(datasets.mnist5k.max_points); allowed at most 9"),
+    # trustworthiness runs on metrics.max_quality_points of the map's points where that is fewer
+    (lambda c: c.setdefault("metrics", {}).update(max_quality_points=20),
+     "metrics.trustworthiness_k = 10: trustworthiness needs k < n / 2 of the 20 points it runs on "
+     "(metrics.max_quality_points = 20 of datasets.mnist5k's 2000 t-SNE points (its test split)); allowed at most 9"),
+    (lambda c: (c["datasets"]["mnist5k"].update(max_points=300), c.update(metrics={"max_quality_points": 15})),
+     "metrics.trustworthiness_k = 10: trustworthiness needs k < n / 2 of the 15 points it runs on "
+     "(metrics.max_quality_points = 15 of datasets.mnist5k's 300 t-SNE points (datasets.mnist5k.max_points)); "
+     "allowed at most 7"),
     (lambda c: c.setdefault("metrics", {}).update(knn_k=2000, classifiers=["logreg"]),
      "metrics.knn_k = 2000: the 2-D kNN accuracy votes among the other points of datasets.mnist5k's 2000 t-SNE "
      "points (its test split); allowed at most 1999"),
@@ -181,6 +189,9 @@ def test_sizes_that_a_split_can_honour_pass():
         config["datasets"] = {"d": settings}
         config["metrics"] = {"trustworthiness_k": 4, "knn_k": 9}
         check_config(validated(config))
+    config = load()
+    config["metrics"] = {"trustworthiness_k": 10, "max_quality_points": 21}  # 10 < 21 / 2
+    check_config(validated(config))
     config = load()
     config["scattering"]["J"] = 4  # 16 <= 28
     check_config(validated(config))

@@ -119,13 +119,13 @@ def test_one_cycle_peaks_where_configured_and_ends_near_zero():
     curve, moms = lr_curve(recipe, 1, total=100)
     lr = curve[:, 0]
     peak = int(lr.argmax())
-    assert abs(peak - 25) <= 1
-    assert math.isclose(lr.max(), 3e-3, rel_tol=1e-3)
-    assert math.isclose(lr[0], 3e-3 / 25, rel_tol=1e-3)
-    assert lr[-1] < 3e-3 * 1e-4 and lr[-1] > 0
+    assert peak == 24  # torch's first phase ends at step pct_start * total - 1
+    assert math.isclose(lr.max(), 3e-3, rel_tol=1e-12)
+    assert math.isclose(lr[0], 3e-3 / 25, rel_tol=1e-12)
+    assert math.isclose(lr[-1], 3e-3 / 25 / 1e4, rel_tol=1e-12)  # the last step reaches initial / final_div_factor
     assert np.all(np.diff(lr[: peak + 1]) > 0) and np.all(np.diff(lr[peak:]) < 0)
-    assert math.isclose(moms[0], 0.95) and math.isclose(moms[peak], 0.85, abs_tol=1e-3)
-    assert math.isclose(moms[-1], 0.95, abs_tol=1e-3)
+    assert math.isclose(moms[0], 0.95, rel_tol=1e-12) and math.isclose(moms[peak], 0.85, rel_tol=1e-12)
+    assert math.isclose(moms[-1], 0.95, rel_tol=1e-12)
     assert np.allclose(curve, curve[:, :1])  # stage 1: the same lr in every group
 
 
@@ -134,7 +134,7 @@ def test_stage2_group_lrs_in_configured_ratio():
     assert np.allclose(ft.stage_lrs(ft.recipe_from_config(recipe), 2), [1e-6, 1e-5, 1e-4])
     curve, _ = lr_curve(recipe, 2, total=40)
     assert np.allclose(curve[:, 1] / curve[:, 0], 10.0) and np.allclose(curve[:, 2] / curve[:, 1], 10.0)
-    assert math.isclose(curve[:, 2].max(), 1e-4, rel_tol=1e-3)
+    assert math.isclose(curve[:, 2].max(), 1e-4, rel_tol=1e-12)
     model = FinetunedResNet18(3)
     groups = ft.layer_groups(model, 3)
     front = {id(p) for name in BODY_LAYERS[:6] for p in getattr(model.body, name).parameters()}
@@ -253,7 +253,8 @@ def test_learns_two_easy_classes():
     test = ft.make_loader(images, labels, 100)
     ft.fit(model, train, test, quick_recipe(stage1_epochs=2, stage2_epochs=2), seed=0)
     result = ft.evaluate(model, nn.CrossEntropyLoss(), test, "cpu")
-    assert result["accuracy"] >= 0.9, result["accuracy"]
+    # 195 of the 200 (seeded, on the CPU); accuracy is a float32 mean of the hits, one hit more or less is 0.005
+    assert result["accuracy"] == pytest.approx(195 / 200, rel=1e-6), result["accuracy"]
 
 
 def write_toy_store(path, class_names=("top", "bottom")):

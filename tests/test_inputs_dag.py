@@ -1,6 +1,7 @@
 """The real Snakemake on bad input and after a hard kill: a config a job would reject, a single-class image
-folder and a link out of an image folder stop the dry run before any job; a run whose Snakemake process was
-killed with SIGKILL resumes with `--unlock` and the same command."""
+folder and a link out of an image folder stop the dry run before any job; an image over the pixel cap stops
+ingest, the file named; a run whose Snakemake process was killed with SIGKILL resumes with `--unlock` and the
+same command."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
 from PIL import Image
 
 from embedscope.store import read_image_store
+from embedscope.synthetic import png_claiming
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +63,27 @@ def test_a_link_out_of_an_image_folder_stops_the_dry_run(tmp_path):
     assert f"1 symbolic link(s) under {root} resolve outside it (refused, never followed" in output
     assert f"{root}/cats/4.png -> {tmp_path}/private/secret.png" in output
     assert not (tmp_path / "run" / "results").exists()
+
+
+def test_an_image_over_the_pixel_cap_stops_ingest_naming_the_file(tmp_path):
+    """Only ingest runs (its store is the one target); the cap is checked from the file's header, before decoding,
+    and nothing is stored."""
+    root = tmp_path / "folder"
+    for name in ("cats", "dogs"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 40 * i).save(root / name / f"{i}.png")
+    (root / "dogs" / "bomb.png").write_bytes(png_claiming(8500, 8500))
+    work = tmp_path / "run"
+    write_config(work, {"datasets": {"f": {"source": "imagefolder", "root": str(root), "n_test": 4}},
+                        "extractors": ["scattering"], "metrics": {"trustworthiness_k": 1, "knn_k": 1}})
+    result = run_snakemake(work, "--cores", "1", "results/data/f.zarr", check=False)
+    assert result.returncode == 1
+    assert "Error in rule ingest_dataset" in result.stderr + result.stdout
+    log = (work / "results" / "logs" / "data" / "f.log").read_text()
+    assert (f"1 unreadable image(s) (set on_bad_image: skip to leave them out):\n  {root}/dogs/bomb.png (ValueError: "
+            "8500x8500 = 72250000 pixels; at most 67108864 per image (embedscope.sources.MAX_IMAGE_PIXELS))") in log
+    assert not (work / "results" / "data" / "f.zarr").exists()
 
 
 def test_the_default_profile_resumes_incomplete_jobs():

@@ -77,11 +77,12 @@ def test_trustworthiness_is_sklearns_and_one_for_an_isometry():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 5))
     y = x[:, :2]
-    assert metrics.trustworthiness_score(x, y, 5) == pytest.approx(trustworthiness(x, y, n_neighbors=5))
+    assert metrics.trustworthiness_score(x, y, 5) == pytest.approx(trustworthiness(x, y, n_neighbors=5), rel=1e-12)
     rotated = x[:, :2] @ np.array([[0.0, -1.0], [1.0, 0.0]]) * 3 + 7
     assert metrics.trustworthiness_score(x[:, :2], rotated, 5) == pytest.approx(1.0)
-    # k is clamped below n/2 instead of failing
-    assert 0 < metrics.trustworthiness_score(x[:8], y[:8], 10) <= 1
+    # k is clamped below n/2 instead of failing: 8 points, k = 3
+    clamped = trustworthiness(x[:8], y[:8], n_neighbors=3)
+    assert metrics.trustworthiness_score(x[:8], y[:8], 10) == pytest.approx(clamped, rel=1e-12)
 
 
 def test_silhouette_by_hand():

@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import struct
 import sys
 import threading
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from embedscope.sources import (
     torchvision_split_bounds,
 )
 from embedscope.store import ImageStoreWriter, read_image_store
-from embedscope.synthetic import CIFAR10_CLASSES, write_cifar10_raw, write_imagefolder, write_mnist_raw
+from embedscope.synthetic import CIFAR10_CLASSES, png_claiming, write_cifar10_raw, write_imagefolder, write_mnist_raw
 
 # ---- MNIST IDX --------------------------------------------------------------------------------------------
 
@@ -198,7 +196,8 @@ def test_imagefolder_train_test_rgb_mixed_with_gray_and_resized(tmp_path):
     np.testing.assert_array_equal(split, [0] * 6 + [1] * 4)
     np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1, 0, 0, 1, 1])
     gray = images[labels == 0]
-    assert np.all(gray[..., 0] == gray[..., 1]) and np.all(np.abs(gray.astype(int) - 100) <= 3)
+    # a uniform grey JPEG holds only DC coefficients, which quantise without loss: it decodes (and resizes) to 100
+    assert np.all(gray == 100)
     red = images[labels == 1]
     assert np.all(red[..., 0] == 250) and np.all(red[..., 2] == 5)
     assert attrs["channels"] == 3 and attrs["resized"] and attrs["original_sizes"] == {"10x12": 5, "20x24": 5}
@@ -582,23 +581,26 @@ def test_thirty_two_bit_images_are_refused(tmp_path, mode, array):
         read_imagefolder(tmp_path)
 
 
-def _png_claiming(width, height) -> bytes:
-    """A 1x1 PNG whose header (IHDR) claims width x height: what a decompression bomb's header looks like."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def test_an_image_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
     _two_classes(tmp_path)
-    (tmp_path / "b" / "bomb.png").write_bytes(_png_claiming(8500, 8500))
+    (tmp_path / "b" / "bomb.png").write_bytes(png_claiming(8500, 8500))
     with pytest.raises(SourceError, match=r"b/bomb.png \(ValueError: 8500x8500 = 72250000 pixels; at most 67108864 "
                                           r"per image \(embedscope.sources.MAX_IMAGE_PIXELS\)\)"):
         read_imagefolder(tmp_path)
     assert len(read_imagefolder(tmp_path, on_bad_image="skip")[0]) == 6
+
+
+def test_a_file_over_the_size_cap_is_refused_unread(tmp_path, monkeypatch):
+    import embedscope.sources as sources
+
+    _two_classes(tmp_path)
+    big = tmp_path / "b" / "big.png"
+    big.write_bytes((tmp_path / "b" / "0.png").read_bytes() + b"\0" * 100)  # the only file over the cap below
+    size = big.stat().st_size
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", size - 1)  # the real cap is 1 GiB
+    with pytest.raises(SourceError, match=rf"1 unreadable image.*\n  {tmp_path}/b/big.png \({size} bytes; at most "
+                                          rf"{size - 1} per image file \(not read\)\)"):
+        read_imagefolder(tmp_path)
 
 
 def test_other_files_are_counted_reported_and_listed_when_nothing_else_is_left(tmp_path, caplog):

@@ -1,7 +1,8 @@
 """The real DAG on non-default sources: a tiny generated CIFAR-10 (torchvision's pickle batches in
 cifar-10-python.tar.gz) through `rule all` with every extractor, a folder of generated PNGs (imagefolder)
-through the scattering features, the classifier table and the class-mean figure, and an image folder whose
-added or removed files rerun ingest and what depends on it, and nothing when nothing changed."""
+through the scattering features, the classifier table and the class-mean figure, and an image folder (a 16-bit PNG
+and a file of another suffix among its files) whose added or removed files rerun ingest and what depends on it,
+and nothing when nothing changed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,44 @@ ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in (
     "extract_features", "finetune_resnet18", "embed_tsne", "evaluate_classifiers",
     "evaluate_embeddings"))]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+# What the seeded run gives on the CPU, one thread per job: correct predictions of the 50 test images by
+# (logreg, random_forest, knn) on each feature set, and trustworthiness (k = 10) of each layer's map. Every
+# classifier row and every map is compared, so a change anywhere between the archive and the tables shows.
+CIFAR_CORRECT = {
+    ("pixels", "pixels"): (50, 19, 50),
+    ("scattering", "scattering"): (50, 10, 50),
+    ("resnet18", "conv1"): (33, 17, 24),
+    ("resnet18", "bn1"): (33, 17, 24),
+    ("resnet18", "relu"): (37, 18, 23),
+    ("resnet18", "maxpool"): (36, 13, 24),
+    ("resnet18", "layer1"): (30, 16, 19),
+    ("resnet18", "layer2"): (26, 8, 15),
+    ("resnet18", "layer3"): (29, 12, 23),
+    ("resnet18", "layer4"): (22, 7, 18),
+    ("resnet18_finetuned", "layer4"): (16, 7, 16),
+    ("resnet18_finetuned", "head_pool"): (18, 6, 16),
+    ("resnet18_finetuned", "head_hidden"): (11, 12, 15),
+    ("resnet18_finetuned", "softmax"): (8, 10, 9),
+}
+CIFAR_OTHER_CORRECT = {("pixels", "pixels", "class_mean_l1"): 50, ("pixels", "pixels", "class_mean_l2"): 50,
+                       ("resnet18_finetuned", "output", "cnn"): 5}
+# 1 - 2 * (rank excess) / (n k (2n - 3k - 1)): one neighbour moved changes it by at least 2 / 34500
+CIFAR_TRUSTWORTHINESS = {
+    ("scattering", "scattering"): 0.7143768115942029,
+    ("resnet18", "conv1"): 0.8110144927536231,
+    ("resnet18", "bn1"): 0.7929275362318841,
+    ("resnet18", "relu"): 0.8307246376811595,
+    ("resnet18", "maxpool"): 0.7116521739130435,
+    ("resnet18", "layer1"): 0.7427826086956522,
+    ("resnet18", "layer2"): 0.7348405797101449,
+    ("resnet18", "layer3"): 0.699304347826087,
+    ("resnet18", "layer4"): 0.6823188405797102,
+    ("resnet18_finetuned", "layer4"): 0.6733333333333333,
+    ("resnet18_finetuned", "head_pool"): 0.6715942028985508,
+    ("resnet18_finetuned", "head_hidden"): 0.7020869565217391,
+    ("resnet18_finetuned", "softmax"): 0.8267826086956522,
+}
 
 
 def cifar_config(root) -> dict:
@@ -92,10 +131,17 @@ def test_tiny_cifar10_through_rule_all(tmp_path):
     assert set(scattering_rows["D"]) == {SCATTERING_D}
     layer4 = classifiers[(classifiers["features"] == "resnet18") & (classifiers["layer"] == "layer4")]
     assert set(layer4["D"]) == {512}
-    assert classifiers["accuracy"].between(0, 1).all()
+    accuracy = dict(zip(zip(classifiers["features"], classifiers["layer"], classifiers["classifier"], strict=True),
+                        classifiers["accuracy"], strict=True))
+    expected = {(*key, name): n / CIFAR_TEST for key, counts in CIFAR_CORRECT.items()
+                for name, n in zip(("logreg", "random_forest", "knn"), counts, strict=True)}
+    expected |= {key: n / CIFAR_TEST for key, n in CIFAR_OTHER_CORRECT.items()}
+    assert accuracy == pytest.approx(expected, abs=1e-12)
     quality = pd.read_csv(results / "metrics" / "cifar_tiny" / "embedding_quality.csv")
     assert len(quality) == sum(len(v) for v in EXTRACTOR_LAYERS.values()) and (quality["n"] == CIFAR_TEST).all()
-    assert quality["trustworthiness"].between(0, 1).all()
+    trustworthiness = dict(zip(zip(quality["extractor"], quality["layer"], strict=True), quality["trustworthiness"],
+                               strict=True))
+    assert trustworthiness == pytest.approx(CIFAR_TRUSTWORTHINESS, abs=1e-9)
 
     figures = results / "figures" / "cifar_tiny"
     for name in ("class_means.png", "confusion.png", "top_losses.png", "activations/input.png",
@@ -167,8 +213,13 @@ def test_imagefolder_pngs_to_classifier_table(tmp_path):
     classifiers = pd.read_csv(work / "results" / "metrics" / "shapes" / "classifiers.csv")
     assert {"pixels", "scattering"} <= set(classifiers["features"])
     assert set(classifiers.loc[classifiers["features"] == "scattering", "D"]) == {SCATTERING_D}
-    logreg = classifiers[(classifiers["features"] == "scattering") & (classifiers["classifier"] == "logreg")]
-    assert float(logreg["accuracy"].iloc[0]) >= 0.8  # three colours are easy
+    # correct predictions of the 15 test images (seeded, on the CPU)
+    correct = {("pixels", "logreg"): 15, ("pixels", "random_forest"): 14, ("pixels", "knn"): 13,
+               ("scattering", "logreg"): 13, ("scattering", "random_forest"): 8, ("scattering", "knn"): 13,
+               ("pixels", "class_mean_l1"): 12, ("pixels", "class_mean_l2"): 14}
+    accuracy = dict(zip(zip(classifiers["features"], classifiers["classifier"], strict=True), classifiers["accuracy"],
+                        strict=True))
+    assert accuracy == pytest.approx({key: n / 15 for key, n in correct.items()}, abs=1e-12)
     assert (work / "results" / "figures" / "shapes" / "class_means.png").stat().st_size > 0
     assert not (work / "results" / "tsne").exists()  # only what the two targets need ran
 
@@ -192,6 +243,12 @@ def _scheduled(work) -> dict[str, int]:
 def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
     root = tmp_path / "folder"
     files = write_imagefolder(root, n_per_class=12, size=(32, 32), n_classes=3)
+    # a folder as users have them: a dark 16-bit PNG, whose depth comes from its mode (every value / 257, however
+    # dark: its largest is 255), and a file of another suffix, counted and reported but not read
+    dark = (np.arange(32 * 32) % 256).astype(np.uint16).reshape(32, 32)
+    Image.fromarray(dark).save(root / "class_1" / "sixteen_bit.png")
+    assert Image.open(root / "class_1" / "sixteen_bit.png").mode == "I;16"
+    (root / "class_2" / "scan.webp").write_bytes(b"RIFF")
     work = tmp_path / "run"
     write_config(work, {
         "datasets": {"folder": {"source": "imagefolder", "root": str(root), "image_size": [32, 32], "n_test": 9,
@@ -201,7 +258,16 @@ def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
         "metrics": {"random_forest_trees": 5, "knn_k": 3, "trustworthiness_k": 4},  # 9 test points
     })
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
-    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36
+    store = read_image_store(work / "results/data/folder.zarr")
+    assert store.attrs["n_files"] == 37 and store.attrs["channels"] == 3
+    # 0..128 -> 0, 129..255 -> 1, repeated to RGB among the colour images
+    stored = np.repeat(np.rint(dark / 257).astype(np.uint8)[..., None], 3, axis=-1)
+    assert int(stored.max()) == 1
+    rows = [i for i, image in enumerate(store.images) if np.array_equal(image, stored)]
+    assert len(rows) == 1 and store.labels[rows[0]] == 1
+    assert store.attrs["ignored_files"] == 1 and store.attrs["ignored_paths"] == ["class_2/scan.webp"]
+    assert (f"dataset folder: 1 file(s) under {root} are not .png/.jpg/.jpeg images in the layout and were not read: "
+            "class_2/scan.webp") in (work / "results/logs/data/folder.log").read_text()
     assert _scheduled(work) == {}
 
     added = write_png(root / "class_0" / "extra.png", np.full((32, 32, 3), 128, np.uint8))
@@ -212,5 +278,5 @@ def test_adding_or_removing_an_image_reruns_ingest_and_its_dependants(tmp_path):
     files[-1].unlink()
     assert _scheduled(work) == TRACKED_JOBS
     run_snakemake(work, *ONE_THREAD, "--cores", "2", *TRACKED_TARGETS, env=ENV)
-    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 35
+    assert read_image_store(work / "results/data/folder.zarr").attrs["n_files"] == 36
     assert _scheduled(work) == {}

@@ -8,8 +8,9 @@ from its listing, which the workflow makes at DAG time anyway):
   of every class it splits; :func:`pooled_split` and :func:`subsample` give the sizes it can honour, and
   ingest applies the same two functions to the images it actually read;
 - t-SNE (at least 4 points; its perplexity is lowered to (n - 1) / 3 below that, as documented in
-  :func:`embedscope.tsne.effective_perplexity`), trustworthiness (k < n / 2 of the t-SNE points) and the 2-D
-  and classifier kNN (k below the points they vote among);
+  :func:`embedscope.tsne.effective_perplexity`), trustworthiness (k < n / 2 of the points it runs on: the t-SNE
+  points, or ``metrics.max_quality_points`` of them) and the 2-D and classifier kNN (k below the points they
+  vote among: every t-SNE point, and the train split);
 - kymatio's scattering transform (2^J no larger than the image side).
 """
 
@@ -236,10 +237,13 @@ def _dataset_problems(dataset: str, settings: Mapping[str, Any], plan: DatasetPl
             )
         else:
             metrics = config["metrics"]
-            k = metrics["trustworthiness_k"]
-            if 2 * k >= points:
-                problems.append(f"metrics.trustworthiness_k = {k}: trustworthiness needs k < n / 2 of {where}; "
-                                f"allowed at most {(points - 1) // 2}")
+            k, quality = metrics["trustworthiness_k"], min(points, metrics["max_quality_points"])
+            # trustworthiness runs on a subsample of the map when max_quality_points is smaller (map_quality)
+            on = where if quality == points else (f"the {quality} points it runs on (metrics.max_quality_points = "
+                                                  f"{quality} of {where})")
+            if 2 * k >= quality:
+                problems.append(f"metrics.trustworthiness_k = {k}: trustworthiness needs k < n / 2 of {on}; "
+                                f"allowed at most {(quality - 1) // 2}")
             k = metrics["knn_k"]
             if k >= points:
                 problems.append(f"metrics.knn_k = {k}: the 2-D kNN accuracy votes among the other points of "

@@ -105,6 +105,22 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 grayscale PNG whose header (IHDR) claims ``width`` x ``height``: how a decompression bomb looks to a
+    reader that checks the header before decoding."""
+    import io
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
 def write_imagefolder(root: str | os.PathLike, n_per_class: int = 10, size: tuple[int, int] = (32, 32),
                       n_classes: int = 3, channels: int = 3, seed: int = 0) -> list[Path]:
     """``root/class_{c}/{i:05d}.png``: ``n_per_class`` synthetic images of each class; returns the files."""
