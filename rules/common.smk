@@ -81,25 +81,42 @@ def layers_of(extractor):
     return list(EXTRACTOR_LAYERS[extractor])
 
 
-def uses_cuda():
-    """Whether torch jobs will run on CUDA: decides the `gpu=1` resource of GPU-capable rules.
+def submits_to_slurm():
+    """Whether this run submits its jobs to SLURM: its default resources name a `slurm_partition`, as
+    profiles/slurm (or `--default-resources slurm_partition=...`) does.
 
-    `device: auto` asks the NVIDIA driver (no torch import while the DAG is built): a GPU visible here.
+    Snakemake names the executor to a Snakefile only once jobs run (`workflow.executor_plugin`, which a dry run
+    replaces by its own dry-run executor), so the resources a dry run shows could not follow from it.
+    """
+    defaults = workflow.resource_settings.default_resources
+    return defaults is not None and "slurm_partition" in dict(defaults)
+
+
+def uses_cuda():
+    """Whether torch jobs will run on CUDA: decides the `gpu` resource (and GPU partition) of GPU-capable rules.
+
+    `device: cuda` yes, `device: cpu` no. `device: auto` asks the NVIDIA driver (no torch import while the DAG is
+    built) for a GPU visible here; a SLURM login node usually has none while the GPU nodes do, so a run that submits
+    to SLURM counts as one with a GPU (a CPU-only cluster sets `device: cpu`).
     """
     device = config.get("device", "auto")
     if device in ("cuda", "cpu"):
         return device == "cuda"
-    return bool(candidate_devices())
+    return bool(candidate_devices()) or submits_to_slurm()
 
 
 GPU = 1 if uses_cuda() else 0
 
 
 def gpu_resources(mem_mb, runtime):
-    """Resources of a torch rule: memory and time, plus `gpu=1` only when it will use CUDA."""
+    """Resources of a torch rule: memory and time; `gpu=1` only when it will use CUDA, and then, when submitting
+    to SLURM, the GPU partition (config key `slurm.gpu_partition`). A job without a GPU keeps the profile's
+    default partition, so `device: cpu` on a cluster asks for no GPU and no GPU partition."""
     resources = {"mem_mb": mem_mb, "runtime": runtime}
     if GPU:
         resources["gpu"] = 1
+        if submits_to_slurm() and config["slurm"]["gpu_partition"]:
+            resources["slurm_partition"] = config["slurm"]["gpu_partition"]
     return resources
 
 

@@ -38,8 +38,8 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 PARTITION = "debug"
-# A second partition on the same node under the name profiles/slurm/config.yaml gives the GPU rules, so the
-# profile's set-resources can be submitted unchanged (the node has no GPU: such a job is refused or pends).
+# A second partition on the same node under the name the config key slurm.gpu_partition defaults to, so jobs that
+# ask for a GPU go where the shipped defaults send them (the node has no GPU: such a job is refused or pends).
 GPU_PARTITION = "gpu"
 # slurmd reports this much memory at least (SlurmdParameters=config_overrides), so rules sized for a real cluster
 # (mem_mb of several GB) still schedule on a small CI machine; nothing enforces memory on this test cluster.

@@ -150,6 +150,28 @@ def test_two_runs_identical_and_digest_tracks_config(tmp_path):
     assert c.attrs["shape_before_pooling"] == [512, 2, 2]
 
 
+def test_stores_record_where_they_were_computed(tmp_path):
+    """Every store and layer says where it was made: a CPU run under known switches records exactly these."""
+    import platform
+
+    make_store(tmp_path / "images.zarr", n=8)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for extractor, settings in (("scattering", SCATTERING), ("resnet18", RESNET)):
+            extract_features(tmp_path / "images.zarr", tmp_path / f"{extractor}.zarr", extractor, settings)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    expected = {"device": "cpu", "device_name": platform.processor() or platform.machine(), "precision": "fp32",
+                "torch": torch.__version__, "cuda": None, "cudnn": None, "tf32_matmul": None, "tf32_cudnn": None,
+                "cudnn_benchmark": None, "cudnn_deterministic": None, "deterministic_algorithms": True,
+                "threads": 1}
+    for extractor in ("scattering", "resnet18"):
+        group = zarr.open_group(str(tmp_path / f"{extractor}.zarr"), mode="r")
+        assert group.attrs["compute"] == expected
+        assert all(group[layer].attrs["compute"] == expected for layer in group.attrs["layers"])
+
+
 def test_bad_inputs_leave_nothing(tmp_path):
     make_store(tmp_path / "images.zarr", n=4)
     with pytest.raises(ValueError, match="unknown extractor"):

@@ -74,7 +74,7 @@ def files(tmp_path_factory):
                          "y": 10 * np.sin(angle) + rng.normal(0, 1, len(test_index)), "label": test_labels,
                          "pred": pred, "prob": rng.uniform(0.3, 1.0, len(test_index))})
     meta = {"n": len(tsne), "dim": 512, "dim_tsne_input": 50, "method": "opentsne", "perplexity": 15.0,
-            "weights": "random", "class_names": CLASSES}
+            "weights": "random", "class_names": CLASSES, "compute": COMPUTE}
     write_tsne(root / "layer4.csv", tsne, root / "layer4.json", meta)
     # half a random distribution, half the (sometimes wrong) prediction: the argmax is `pred`
     probs = 0.5 * rng.dirichlet(np.ones(10), size=len(test_index)) + 0.5 * np.eye(10)[pred]
@@ -95,6 +95,11 @@ def files(tmp_path_factory):
     write_training_log(root / "training_log.csv", rows, n_groups=3)
     write_metric_tables(root, rng)
     return root
+
+
+COMPUTE = {"device": "cuda", "device_name": "NVIDIA H200", "precision": "fp32", "torch": "2.5.1", "cuda": "12.4",
+           "tf32_matmul": False, "tf32_cudnn": True, "threads": 8}
+FOOTER = "features computed on cuda (NVIDIA H200), fp32 (TF32 allowed), torch 2.5.1, CUDA 12.4"
 
 
 def decoded(path):
@@ -266,8 +271,14 @@ def test_no_overlapping_text(files):
     title = figures.tsne_title("toy", "resnet18_finetuned", "head_hidden", meta)
     assert "toy" in title and "head_hidden" in title and "N=40" in title and "D=512" in title
     assert "random" in title
-    assert_no_overlap(figures.draw_tsne(table, CLASSES, title))
-    assert_no_overlap(figures.draw_tsne_layers([table] * 4, list("abcd"), [1, 2, 3, 4], CLASSES, title))
+    footer = figures.tsne_footer(meta)
+    assert footer == FOOTER
+    for fig in (figures.draw_tsne(table, CLASSES, title, footer),
+                figures.draw_tsne_layers([table] * 4, list("abcd"), [1, 2, 3, 4], CLASSES, title, footer),
+                figures.draw_tsne_thumbs(table, np.zeros((len(table), 28, 28, 1), np.uint8), CLASSES, title, 12, 60,
+                                         footer)):
+        assert FOOTER in [text for text, _ in visible_texts(fig)]
+        assert_no_overlap(fig)
     steps, epochs, lrs = read_training_log(files / "training_log.csv")
     assert_no_overlap(figures.draw_training_loss(steps, epochs, "toy: loss\nsecond line"))
     assert_no_overlap(figures.draw_training_lr(steps, lrs, "toy: lr\nsecond line"))

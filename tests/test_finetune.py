@@ -295,6 +295,10 @@ def test_checkpoint_round_trips_with_weights_only(trained):
     assert checkpoint["class_names"] == ["top", "bottom"] and checkpoint["stage"] == 2 and checkpoint["epoch"] == 0
     assert checkpoint["n_classes"] == 2 and checkpoint["config"]["finetune"]["stage2_lr_max"] == 1e-3
     assert {"optimizer", "scheduler", "scaler", "config_digest", "train_seconds", "package_versions"} <= set(checkpoint)
+    compute = checkpoint["compute"]  # where it was trained: plain values, so weights_only=True loads them
+    assert (compute["device"], compute["precision"], compute["cuda"], compute["deterministic_algorithms"]) == (
+        "cpu", "fp32", None, True)
+    assert compute["torch"] == torch.__version__ and compute["threads"] == torch.get_num_threads()
     model, loaded = ckpt.load_finetuned(out / "resnet18_finetuned.pt")
     assert not model.training and loaded["test_accuracy"] == result["test_accuracy"]
     for key, value in checkpoint["state_dict"].items():
@@ -360,9 +364,11 @@ def test_finetuned_store_attributes(trained, tmp_path):
     extract_features(data, store, "resnet18_finetuned", model_path=model_path, batch_size=40, seed=5)
     checkpoint = torch.load(model_path, weights_only=True)
     attrs = dict(open_complete(store).attrs)
-    assert sorted(attrs) == ["class_names", "complete", "config_digest", "extractor", "image_shape", "image_store",
-                             "layers", "model", "model_config_digest", "model_test_accuracy", "package_versions",
-                             "seed", "settings", "weights"]
+    assert sorted(attrs) == ["class_names", "complete", "compute", "config_digest", "extractor", "image_shape",
+                             "image_store", "layers", "model", "model_compute", "model_config_digest",
+                             "model_test_accuracy", "package_versions", "seed", "settings", "weights"]
+    assert attrs["compute"]["device"] == "cpu" and attrs["compute"]["precision"] == "fp32"
+    assert attrs["model_compute"] == checkpoint["compute"]  # the extraction's record beside the training's
     assert attrs["extractor"] == "resnet18_finetuned" and attrs["weights"] == "random"
     assert attrs["settings"] == {"resize": None, "finetune": checkpoint["config"]["finetune"]}
     assert attrs["image_store"] == str(data) and attrs["model"] == str(model_path)
@@ -387,6 +393,41 @@ def test_softmax_of_test_split_equals_predictions(trained, tmp_path):
     pred = read_predictions(out / "predictions.csv")
     test = load_features(store, "softmax", "test")
     assert np.allclose(test.features, pred[["prob_0", "prob_1"]].to_numpy(), atol=1e-5)
+
+
+def test_mixed_precision_setting_names_what_each_device_autocasts_to():
+    assert ft.amp_dtype(True, "cuda") == ft.amp_dtype("fp16", "cuda:0") == torch.float16
+    assert ft.amp_dtype(True, "cpu") is ft.amp_dtype("fp16", "cpu") is ft.amp_dtype(False, "cuda") is None
+    assert ft.amp_dtype("bf16", "cpu") == ft.amp_dtype("bf16", "cuda") == torch.bfloat16
+    assert [ft.precision_label(d) for d in (None, torch.float16, torch.bfloat16)] == [
+        "fp32", "fp16 autocast", "bf16 autocast"]
+    with pytest.raises(FinetuneError, match="finetune.mixed_precision' is 'fp8'"):
+        ft.recipe_from_config({"mixed_precision": "fp8"})
+
+
+def test_bf16_autocast_on_cpu_predicts_what_the_softmax_store_holds(toy_store, tmp_path):
+    """The mixed-precision path end to end on the CPU: training under bfloat16 autocast, then predictions.csv and
+    the softmax layer of the fine-tuned store, both fp32 passes, agree on every test image's class."""
+    dtypes = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: dtypes.add(output.dtype) if isinstance(module, nn.Linear) else None)
+    try:
+        ft.finetune_resnet18(toy_store, tmp_path / "m.pt", tmp_path / "log.csv", tmp_path / "predictions.csv",
+                             finetune=quick_recipe(batch_size=16, mixed_precision="bf16"),
+                             resnet18={"weights": "random"})
+    finally:
+        hook.remove()
+    assert dtypes == {torch.bfloat16, torch.float32}  # training autocast; the final pass did not
+    checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert checkpoint["compute"]["precision"] == "bf16 autocast"
+    assert checkpoint["scaler"] == {}  # no GradScaler: bfloat16 has fp32's exponent range
+    extract_features(toy_store, tmp_path / "f.zarr", "resnet18_finetuned", model_path=tmp_path / "m.pt",
+                     batch_size=40)
+    softmax = load_features(tmp_path / "f.zarr", "softmax", "test")
+    pred = read_predictions(tmp_path / "predictions.csv")
+    assert list(softmax.index) == list(pred["index"])
+    assert np.array_equal(softmax.features.argmax(1), pred["pred"].to_numpy())
+    assert np.allclose(softmax.features, pred[["prob_0", "prob_1"]].to_numpy(), atol=1e-5)
 
 
 def test_finetuned_extraction_refuses_other_classes(trained, tmp_path):

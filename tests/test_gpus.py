@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO, run_snakemake, write_config
 
 from embedscope import gpus
 
@@ -232,3 +233,66 @@ def test_slurm_gpu_allocation_is_counted():
     assert gpus.slurm_gpus({"SLURM_JOB_ID": "5", "SLURM_JOB_GPUS": "0,3"}) == 2
     assert gpus.slurm_gpus({"SLURM_JOB_ID": "5"}) == 0
     assert gpus.slurm_gpus({"SLURM_GPUS_ON_NODE": "2"}) == 0  # not in a SLURM job
+
+
+# ---- which jobs ask for a GPU: the resources of the real DAG, as `snakemake -n` prints them -------------------
+
+TORCH_RULES = {"finetune_resnet18", "extract_features", "extract_feature_shard"}
+DAG_CONFIG = {
+    "datasets": {"tiny": {"source": "embedded", "n_train": 200, "n_test": 100, "seed": 0}},
+    "extractors": ["scattering", "resnet18", "resnet18_finetuned"],
+    "resnet18": {"weights": "random", "shards": 2},  # its extraction runs as extract_feature_shard jobs
+}
+DAG_TARGETS = ["results/features/tiny/scattering.zarr", "results/features/tiny/resnet18.zarr",
+               "results/models/tiny/resnet18_finetuned.pt"]
+
+
+def dry_run_resources(workdir, *options, **config):
+    """{rule: its jobs' resources} of a dry run of the real Snakefile, from the `resources:` line under each
+    `rule NAME:` that `snakemake -n` prints."""
+    write_config(workdir, {**DAG_CONFIG, **config})
+    out = run_snakemake(workdir, "-n", *options, "--", *DAG_TARGETS).stdout
+    jobs, rule = {}, None
+    for line in out.splitlines():
+        if line.startswith("rule "):
+            rule = line[len("rule "):].rstrip(":")
+        elif line.strip().startswith("resources:") and rule is not None:
+            pairs = (item.split("=", 1) for item in line.split(":", 1)[1].split(", "))
+            jobs.setdefault(rule, []).append({key.strip(): value.strip() for key, value in pairs})
+            rule = None
+    assert TORCH_RULES <= set(jobs), out[-3000:]
+    return jobs
+
+
+def slurm_profile():
+    return ["--workflow-profile", str(REPO / "profiles" / "slurm")]
+
+
+def test_device_cpu_with_the_slurm_profile_asks_for_no_gpu(tmp_path):
+    jobs = dry_run_resources(tmp_path, *slurm_profile(), device="cpu")
+    for rule in TORCH_RULES:
+        for resources in jobs[rule]:
+            assert "gpu" not in resources, (rule, resources)
+            assert resources["slurm_partition"] == "main", (rule, resources)  # the profile's CPU partition
+
+
+def test_device_cuda_with_the_slurm_profile_asks_for_one_gpu_on_the_gpu_partition(tmp_path):
+    jobs = dry_run_resources(tmp_path, *slurm_profile(), device="cuda", slurm={"gpu_partition": "a100"})
+    assert len(jobs["extract_feature_shard"]) == 2
+    for rule, all_resources in jobs.items():
+        for resources in all_resources:
+            if rule in TORCH_RULES:
+                assert (resources["gpu"], resources["slurm_partition"]) == ("1", "a100"), (rule, resources)
+            else:  # t-SNE, figures, tables, ingest, the gather of the shards: CPU jobs on the CPU partition
+                assert "gpu" not in resources and resources["slurm_partition"] == "main", (rule, resources)
+
+
+def test_device_auto_with_the_slurm_profile_asks_for_gpus_though_snakemake_sees_none(tmp_path):
+    """The login node has no GPU; the GPU nodes do. Locally (no SLURM) the same config asks for a GPU only where
+    Snakemake sees one."""
+    jobs = dry_run_resources(tmp_path / "slurm", *slurm_profile(), device="auto")
+    assert all((r["gpu"], r["slurm_partition"]) == ("1", "gpu") for rule in TORCH_RULES for r in jobs[rule])
+    local = dry_run_resources(tmp_path / "local", "--cores", "1", device="auto")
+    expected = {"1"} if gpus.candidate_devices() else {None}
+    assert {r.get("gpu") for rule in TORCH_RULES for r in local[rule]} == expected
+    assert all("slurm_partition" not in r for rule in TORCH_RULES for r in local[rule])

@@ -59,3 +59,15 @@ def test_the_heap_threshold_is_fixed_on_glibc():
     from embedscope.runtime import fix_heap_growth
 
     assert fix_heap_growth() is True
+
+
+def test_computed_on_is_one_line_for_figures():
+    from embedscope.runtime import computed_on
+
+    cpu = {"device": "cpu", "device_name": "x86_64", "precision": "fp32", "torch": "2.5.1", "cuda": None,
+           "tf32_matmul": None, "tf32_cudnn": None}
+    assert computed_on(cpu) == "computed on cpu (x86_64), fp32, torch 2.5.1"
+    gpu = {**cpu, "device": "cuda", "device_name": "NVIDIA H200", "precision": "bf16 autocast", "cuda": "12.4",
+           "tf32_matmul": True}
+    assert computed_on(gpu) == "computed on cuda (NVIDIA H200), bf16 autocast (TF32 allowed), torch 2.5.1, CUDA 12.4"
+    assert computed_on(None) is None and computed_on({}) is None  # a store written before the record was kept

@@ -103,9 +103,8 @@ def runs(slurm_cluster, tmp_path_factory):  # noqa: F811
     common = ["--snakefile", sf, "--configfile", "config.yaml"]
     started = time.monotonic()
     # the SLURM run mostly waits (job start-up, status checks), so the local run goes beside it
-    slurm = start(
-        [*common, *slurm_args(slurm_cluster), "--set-resources", "extract_features:gpu=0"], wanted, folders["slurm"]
-    )
+    # `device: cpu`: the torch rules ask for no GPU themselves, with the profile as shipped
+    slurm = start([*common, *slurm_args(slurm_cluster)], wanted, folders["slurm"])
     local = start([*common, "--cores", threads(slurm_cluster)], wanted, folders["local"])
     local_log = finish(local, folders["local"])
     local_seconds = time.monotonic() - started
@@ -134,7 +133,7 @@ def test_jobs_ran_as_slurm_jobs(runs):
     calls = [line for line in text.splitlines() if "sbatch call: " in line]
     rules = {re.search(r"--comment rule_([a-z0-9_]+?)(_wildcards_\S+)?\s", line).group(1) for line in calls}
     assert {"ingest_dataset", "compute_baseline", "extract_features"} <= rules
-    # this cluster's partition from --default-resources; no GPU request with gpu=0 on a CPU-only cluster
+    # this cluster's partition from --default-resources; `device: cpu` asks for no GPU, not even in extract_features
     assert all(f" -p {runs['cluster'].partition} " in line and "--gpus" not in line for line in calls)
     assert len(submitted) >= 3
     for _, slurm_id, log in submitted:
@@ -176,13 +175,14 @@ def _stream(proc, lines):
 
 
 def test_gpu_rule_reaches_sbatch_with_a_gpu_request(runs, tmp_path):
-    """The profile's own set-resources (gpu=1 on the gpu partition) for a CUDA rule, submitted for real."""
+    """`device: cuda` with the profile as shipped: a torch rule asks for one GPU on the GPU partition (config key
+    slurm.gpu_partition, default "gpu"), submitted for real."""
     cluster = runs["cluster"]
     folder = tmp_path / "gpu"
     shutil.copytree(runs["folders"]["slurm"], folder, symlinks=True)
     store = f"results/features/{DATASET}/scattering.zarr"
-    options = ["--snakefile", runs["snakefile"], "--configfile", "config.yaml", "--forcerun", "extract_features"]
-    # no --set-resources: the profile's entries for the GPU rules apply as shipped
+    options = ["--snakefile", runs["snakefile"], "--configfile", "config.yaml", "--config", "device=cuda",
+               "--forcerun", "extract_features"]
     cmd = command(options + slurm_args(cluster), [store])
     proc = subprocess.Popen(cmd, cwd=folder, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: list[str] = []

@@ -78,8 +78,12 @@ def test_pca_step_width():
     assert tsne_input_dim(30, 512, 50) == 30
 
 
+COMPUTE = {"device": "cpu", "device_name": "x86_64", "precision": "fp32", "torch": "2.5.1", "threads": 2}
+
+
 def write_store(path, x, y, split, extractor="resnet18_finetuned"):
-    attrs = {"extractor": extractor, "weights": "random", "class_names": [f"c{i}" for i in range(5)]}
+    attrs = {"extractor": extractor, "weights": "random", "class_names": [f"c{i}" for i in range(5)],
+             "compute": COMPUTE}
     with FeatureStoreWriter(path, y, split, np.arange(len(y)), attrs) as writer:
         writer.write("layer4", 0, x)
 
@@ -114,6 +118,7 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     assert info["n"] == 100 and info["dim"] == 80 and info["dim_tsne_input"] == 50
     assert info["class_names"] == [f"c{i}" for i in range(5)] and info["weights"] == "random"
     assert info["ints_in_interval"] == 2.0 and info["neighbors"] == "exact"
+    assert info["compute"] == COMPUTE  # the store's record of where its features were computed
     assert info["perplexity"] == info["perplexity_used"] == 10.0
     assert sorted(p.name for p in out.parent.iterdir()) == ["layer4.csv", "layer4.json"]  # no temp files left
     first = out.read_bytes()

@@ -55,9 +55,12 @@ def save_checkpoint(
     digest: str,
     result: Mapping[str, Any],
     train_seconds: float,
+    compute: Mapping[str, Any] | None = None,
 ) -> None:
     """The trained model with what made it: ``training`` holds the last optimizer/scheduler/scaler states and
-    (stage, epoch); ``result`` the final test accuracy and loss."""
+    (stage, epoch); ``result`` the final test accuracy and loss; ``compute`` where and in what precision it was
+    trained (:func:`embedscope.runtime.compute_environment`: strings, numbers, booleans and None only, so
+    ``weights_only=True`` still loads it)."""
     checkpoint = {
         "state_dict": model.state_dict(),
         **{key: training[key] for key in ("optimizer", "scheduler", "scaler")},
@@ -71,6 +74,7 @@ def save_checkpoint(
         "test_loss": result["loss"],
         "train_seconds": train_seconds,
         "package_versions": package_versions("torch", "torchvision"),
+        "compute": dict(compute or {}),
     }
     _save(checkpoint, path)
 

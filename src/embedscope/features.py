@@ -30,6 +30,7 @@ from torch import nn
 
 from embedscope.download import file_sha256
 from embedscope.layers import BODY_LAYERS, EXTRACTOR_LAYERS, FINETUNED_LAYERS
+from embedscope.runtime import compute_environment
 from embedscope.store import (
     FeatureStoreWriter,
     StoreError,
@@ -208,6 +209,7 @@ class FinetunedExtractor:
             "model": str(self.model_path),
             "model_config_digest": checkpoint["config_digest"],
             "model_test_accuracy": checkpoint.get("test_accuracy"),
+            "model_compute": checkpoint.get("compute"),  # where the model was trained (None: not recorded)
             "config_digest": config_digest({"model": checkpoint["config_digest"], "layers": list(self.layers)}),
             "package_versions": package_versions("torch", "torchvision"),
             "seed": checkpoint["config"]["seed"],
@@ -344,6 +346,9 @@ def run_extraction(
         "image_store": str(image_store),
         "class_names": list(group.attrs.get("class_names", [])),
         "image_shape": list(images.shape[1:]),
+        # extraction runs in fp32 whatever the training precision was; the device and switches are recorded
+        # because CPU and GPU stores differ in their last bits
+        "compute": compute_environment(str(extractor.device), "fp32"),
         **(attrs or {}),
         **({} if shard is None else {SHARD_ATTR: {"shard": shard[0], "of": shard[1], "rows": [start, stop]}}),
     }

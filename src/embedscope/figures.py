@@ -35,6 +35,7 @@ from embedscope.artifacts import (  # noqa: E402
     save_figure,
 )
 from embedscope.layers import LR_GROUP_NAMES  # noqa: E402
+from embedscope.runtime import computed_on  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,16 @@ def tsne_title(dataset: str, extractor: str, layer: str, meta: Mapping[str, Any]
         f"weights: {weights_label(extractor, meta.get('weights'))} · N={meta.get('n', '?')} test images · {dims} · "
         f"{_settings(meta)}"
     )
+
+
+def tsne_footer(meta: Mapping[str, Any]) -> str | None:
+    """The footer of a map: where its features were computed (``features computed on cpu (x86_64), fp32, torch
+    2.5.1``), from the store's record the sidecar carries; None for a sidecar without one."""
+    line = computed_on(meta.get("compute"))
+    return None if line is None else f"features {line}"
+
+
+FOOTER_STYLE = {"fontsize": 8, "color": "0.35"}
 
 
 def class_names_or_ids(class_names: Sequence[str] | None, labels: np.ndarray) -> list[str]:
@@ -151,7 +162,7 @@ def marker_size(n: int) -> float:
     return float(np.clip(20000.0 / max(n, 1), 2.0, 30.0))
 
 
-def draw_tsne(table: pd.DataFrame, class_names: Sequence[str], title: str) -> Figure:
+def draw_tsne(table: pd.DataFrame, class_names: Sequence[str], title: str, footer: str | None = None) -> Figure:
     """Scatter of the 2-D map coloured by true label, class legend outside the axes (report Figs. 2-6, 15-17)."""
     names = class_names_or_ids(class_names, table["label"].to_numpy())
     colors = class_colors(len(names))
@@ -161,17 +172,19 @@ def draw_tsne(table: pd.DataFrame, class_names: Sequence[str], title: str) -> Fi
     fig.legend(handles=_class_handles(names, colors), loc="outside right center", title="true label",
                frameon=False, fontsize=11)
     fig.suptitle(title, fontsize=13)
+    if footer:
+        fig.supxlabel(footer, **FOOTER_STYLE)
     return fig
 
 
 def plot_tsne(tsne_csv, meta_json, output, *, dataset: str, extractor: str, layer: str, dpi: int = 100) -> None:
     table, meta = read_tsne(tsne_csv), read_tsne_meta(meta_json)
-    fig = draw_tsne(table, meta.get("class_names"), tsne_title(dataset, extractor, layer, meta))
+    fig = draw_tsne(table, meta.get("class_names"), tsne_title(dataset, extractor, layer, meta), tsne_footer(meta))
     save_figure(fig, output, dpi)
 
 
 def draw_tsne_layers(tables: Sequence[pd.DataFrame], layers: Sequence[str], dims: Sequence[Any],
-                     class_names: Sequence[str], title: str) -> Figure:
+                     class_names: Sequence[str], title: str, footer: str | None = None) -> Figure:
     """All layers of one extractor side by side (at most four per row), one shared class legend."""
     labels = np.concatenate([t["label"].to_numpy() for t in tables])
     names = class_names_or_ids(class_names, labels)
@@ -188,6 +201,8 @@ def draw_tsne_layers(tables: Sequence[pd.DataFrame], layers: Sequence[str], dims
     fig.legend(handles=_class_handles(names, colors), loc="outside right center", title="true label",
                frameon=False, fontsize=10)
     fig.suptitle(title, fontsize=13)
+    if footer:
+        fig.supxlabel(footer, **FOOTER_STYLE)
     return fig
 
 
@@ -201,7 +216,8 @@ def plot_tsne_layers(tsne_csvs: Sequence, meta_jsons: Sequence, output, *, datas
     title = (f"{dataset} · {extractor} · all layers, shallow to deep\n"
              f"weights: {weights_label(extractor, meta.get('weights'))} · N={meta.get('n', '?')} test images · "
              f"{_settings(meta)}")
-    fig = draw_tsne_layers(tables, layers, [m.get("dim", "?") for m in metas], meta.get("class_names"), title)
+    fig = draw_tsne_layers(tables, layers, [m.get("dim", "?") for m in metas], meta.get("class_names"), title,
+                           tsne_footer(meta))
     save_figure(fig, output, dpi)
 
 
@@ -272,7 +288,7 @@ def thumbnail_canvas_px(n: int, thumbnail_size: int) -> int:
 
 
 def draw_tsne_thumbs(table: pd.DataFrame, images: np.ndarray, class_names: Sequence[str], title: str,
-                     thumbnail_size: int = 20, dpi: int = 100) -> Figure:
+                     thumbnail_size: int = 20, dpi: int = 100, footer: str | None = None) -> Figure:
     """Each point drawn as its own image (report Figs. 3.1-6.1), misclassified ones framed in red.
 
     The thumbnails are composed onto one numpy canvas shown 1:1 (one image artist, not n), so 10,000 points
@@ -305,6 +321,8 @@ def draw_tsne_thumbs(table: pd.DataFrame, images: np.ndarray, class_names: Seque
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=((margin + canvas_in + 0.1) / width, 0.5),
                title="true label" + (" (ink colour)" if gray else " (border)"), frameon=False, fontsize=11)
     fig.text(0.5, 1 - 0.15 / height, title, ha="center", va="top", fontsize=13)
+    if footer:  # in the bottom margin, below the canvas
+        fig.text(0.5, 0.03 / height, footer, ha="center", va="bottom", **FOOTER_STYLE)
     return fig
 
 
@@ -313,7 +331,7 @@ def plot_tsne_thumbs(tsne_csv, meta_json, image_store, output, *, dataset: str, 
     table, meta = read_tsne(tsne_csv), read_tsne_meta(meta_json)
     images, class_names = read_images(image_store, table["index"].to_numpy())
     fig = draw_tsne_thumbs(table, images, meta.get("class_names") or class_names,
-                           tsne_title(dataset, extractor, layer, meta), thumbnail_size, dpi)
+                           tsne_title(dataset, extractor, layer, meta), thumbnail_size, dpi, tsne_footer(meta))
     save_figure(fig, output, dpi)
 
 

@@ -14,6 +14,7 @@ The checkpoint and the resume file are :mod:`embedscope.checkpoint`'s; predictio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -30,7 +31,7 @@ from embedscope.artifacts import write_predictions, write_training_log
 from embedscope.checkpoint import default_resume_path, load_resume, remove_resume, save_checkpoint, save_resume
 from embedscope.layers import BODY_LAYERS, LR_GROUP_NAMES
 from embedscope.resnet import FinetunedResNet18, FinetuneError, preprocess
-from embedscope.runtime import progress
+from embedscope.runtime import compute_environment, progress
 from embedscope.store import ImageSplits, config_digest, image_store_shape, read_image_splits
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ def recipe_from_config(finetune: Mapping[str, Any] | None) -> dict[str, Any]:
             f"config key 'finetune.stage2_lr_min' ({recipe['stage2_lr_min']}) is above "
             f"'finetune.stage2_lr_max' ({recipe['stage2_lr_max']})"
         )
+    if recipe["mixed_precision"] not in (True, False, "fp16", "bf16"):
+        raise FinetuneError(f"config key 'finetune.mixed_precision' is {recipe['mixed_precision']!r}; expected "
+                            "true, false, fp16 or bf16")
     if recipe["lr_groups"] not in LR_GROUP_NAMES:
         raise FinetuneError(f"config key 'finetune.lr_groups' is {recipe['lr_groups']}; expected 1, 2 or 3")
     return recipe
@@ -235,10 +239,38 @@ def to_device_batch(images: torch.Tensor, targets: torch.Tensor, device: str, re
 # ---------------------------------------------------------------------------------------------------- loops
 
 
-def _autocast(device: str, enabled: bool):
-    return torch.autocast(
-        device_type="cuda", dtype=torch.float16, enabled=enabled and device.startswith("cuda")
-    )
+def amp_dtype(mixed_precision: bool | str | torch.dtype | None, device: str) -> torch.dtype | None:
+    """What training autocasts to on ``device``, or None for fp32 (config key ``finetune.mixed_precision``).
+
+    ``true``/``fp16``: float16 with GradScaler on CUDA; the CPU has no fast fp16 kernels, so there it stays fp32.
+    ``bf16``: bfloat16 on CUDA and on the CPU alike, without GradScaler (bfloat16 has fp32's exponent range).
+    """
+    if isinstance(mixed_precision, torch.dtype):
+        dtype = mixed_precision
+    elif mixed_precision in (True, "fp16"):
+        dtype = torch.float16
+    elif mixed_precision == "bf16":
+        dtype = torch.bfloat16
+    elif mixed_precision in (False, None):
+        return None
+    else:
+        raise FinetuneError(f"config key 'finetune.mixed_precision' is {mixed_precision!r}; expected true, false, "
+                            "fp16 or bf16")
+    if dtype == torch.float16 and not device.startswith("cuda"):
+        return None
+    return dtype
+
+
+def precision_label(dtype: torch.dtype | None) -> str:
+    """How training ran, for the checkpoint's ``compute`` record: fp32, fp16 autocast or bf16 autocast."""
+    return {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}[dtype]
+
+
+def _autocast(device: str, mixed_precision):
+    dtype = amp_dtype(mixed_precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
 LOSS_SYNC_STEPS = 50  # step losses leave the device this often: a .item() per step would stall a GPU every batch
@@ -306,7 +338,7 @@ def train_one_epoch(
     scheduler=None,
     scaler=None,
     on_step: Callable[[float, list[float]], None] | None = None,
-    mixed_precision: bool = False,
+    mixed_precision: bool | str | torch.dtype = False,
     desc: str = "train",
     resize: int | None = None,
 ) -> float:
@@ -331,10 +363,10 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, data_loader, device: str, mixed_precision: bool = False,
+def evaluate(model, criterion, data_loader, device: str, mixed_precision: bool | str | torch.dtype = False,
              resize: int | None = None) -> dict[str, Any]:
     """Loss and accuracy over ``data_loader``'s uint8 batches (eval mode), with per-sample probabilities and
-    losses."""
+    losses; under autocast (:func:`amp_dtype`) when ``mixed_precision`` says so."""
     model.eval()
     probs, losses, labels = [], [], []
     per_sample = nn.CrossEntropyLoss(reduction="none")
@@ -364,7 +396,8 @@ def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
 
 def _start_stage(model, recipe: Mapping[str, Any], stage: int, total_steps: int, amp: bool,
                  resumed: Mapping[str, Any] | None):
-    """A stage's fresh optimizer, one-cycle schedule and grad scaler; with ``resumed``, their saved states."""
+    """A stage's fresh optimizer, one-cycle schedule and grad scaler (enabled by ``amp``: fp16 on CUDA only);
+    with ``resumed``, their saved states."""
     freeze_body(model, frozen=stage == 1)
     max_lrs = stage_lrs(recipe, stage)
     optimizer = make_optimizer(model, recipe, max_lrs)
@@ -378,7 +411,8 @@ def _start_stage(model, recipe: Mapping[str, Any], stage: int, total_steps: int,
 
 
 def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device: str,
-               amp: bool, resize: int | None, stage: int, epoch: int, seed: int, rows: list[dict[str, Any]]) -> None:
+               amp: torch.dtype | None, resize: int | None, stage: int, epoch: int, seed: int,
+               rows: list[dict[str, Any]]) -> None:
     """Train one epoch and evaluate; append its step rows and its epoch row to ``rows``."""
     torch.manual_seed(_epoch_seed(seed, stage, epoch))  # dropout masks: same on a resumed run
     train_loader.batch_sampler.set_seed(_epoch_seed(seed, stage, epoch))
@@ -426,7 +460,7 @@ def fit(
     """
     recipe = recipe_from_config(recipe)
     model.to(device)
-    amp = bool(recipe["mixed_precision"]) and device.startswith("cuda")
+    amp = amp_dtype(recipe["mixed_precision"], device)
     criterion = nn.CrossEntropyLoss()
     state = load_resume(resume_path, digest)
     rows: list[dict[str, Any]] = [] if state is None else list(state["rows"])
@@ -439,7 +473,8 @@ def fit(
         if epochs == 0 or (stage, epochs - 1) <= done:
             continue
         resumed = state if state is not None and done[0] == stage else None
-        optimizer, scheduler, scaler = _start_stage(model, recipe, stage, epochs * len(train_loader), amp, resumed)
+        optimizer, scheduler, scaler = _start_stage(model, recipe, stage, epochs * len(train_loader),
+                                                    amp == torch.float16, resumed)
         for epoch in range(0 if resumed is None else done[1] + 1, epochs):
             _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device, amp,
                        resize, stage, epoch, seed, rows)
@@ -547,12 +582,14 @@ def finetune_resnet18(
     start = time.perf_counter()
     state = fit(model, train_loader, test_loader, recipe, device, seed, resume_path, digest, on_epoch_end, resize)
     seconds = time.perf_counter() - start
-    amp = bool(recipe["mixed_precision"]) and device.startswith("cuda")
-    result = evaluate(model, nn.CrossEntropyLoss(), test_loader, device, amp, resize)
+    # The final pass runs in fp32 whatever the training precision: predictions.csv must hold what the softmax
+    # layer of the fine-tuned feature store (always an fp32 pass) holds, argmax ties included.
+    result = evaluate(model, nn.CrossEntropyLoss(), test_loader, device, False, resize)
     log.info(
         "test accuracy %.4f, test loss %.4f, training %.1f s", result["accuracy"], result["loss"], seconds
     )
-    save_checkpoint(model_path, model, state, data.class_names, config, digest, result, seconds)
+    compute = compute_environment(device, precision_label(amp_dtype(recipe["mixed_precision"], device)))
+    save_checkpoint(model_path, model, state, data.class_names, config, digest, result, seconds, compute)
     write_training_log(log_path, state["rows"], recipe["lr_groups"])
     write_predictions(predictions_path, data.index["test"], result["labels"], result["probs"], result["losses"])
     remove_resume(resume_path)

@@ -9,6 +9,8 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +97,7 @@ def compute_environment(device: str, precision: str = "fp32") -> dict[str, objec
         "device": device,
         "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
         "precision": precision,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that weights_only=True refuses to unpickle
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
@@ -105,6 +107,20 @@ def compute_environment(device: str, precision: str = "fp32") -> dict[str, objec
         "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
         "threads": int(torch.get_num_threads()),
     }
+
+
+def computed_on(env: Mapping[str, Any] | None) -> str | None:
+    """One line for a figure or caption from :func:`compute_environment`'s record, e.g. ``computed on cpu
+    (x86_64), fp32, torch 2.5.1``; None for a result that has no record (written before it was kept)."""
+    if not env:
+        return None
+    line = f"computed on {env.get('device', '?')} ({env.get('device_name') or '?'}), {env.get('precision', '?')}"
+    if env.get("tf32_matmul") or env.get("tf32_cudnn"):
+        line += " (TF32 allowed)"
+    line += f", torch {env.get('torch', '?')}"
+    if env.get("cuda"):
+        line += f", CUDA {env['cuda']}"
+    return line
 
 
 def set_threads(threads: int) -> None:

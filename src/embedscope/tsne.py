@@ -194,7 +194,7 @@ def join_predictions(table: pd.DataFrame, predictions: str | os.PathLike) -> pd.
 def map_meta(data, layer: str, n: int, settings: Mapping[str, Any], info: Mapping[str, Any] | None) -> dict:
     """The sidecar of a map: ``info``, the layer, N of the map and of the test split, D before and after the
     PCA step, the settings (``perplexity`` as configured, ``perplexity_used`` as run), and the store's class
-    names and weights (what the figures' titles say)."""
+    names, weights and compute record (what the figures' titles and footers say)."""
     dim = int(data.features.shape[1])
     return {
         **dict(info or {}),
@@ -208,6 +208,8 @@ def map_meta(data, layer: str, n: int, settings: Mapping[str, Any], info: Mappin
         "perplexity_used": float(effective_perplexity(settings["perplexity"], n)),
         "class_names": [str(c) for c in data.attrs.get("class_names", [])],
         "weights": data.attrs.get("weights"),
+        # where the features were computed (device, precision, torch), for the figures' footers
+        "compute": data.attrs.get("compute"),
     }
 
 
