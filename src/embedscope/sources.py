@@ -219,14 +219,19 @@ def _check_batch_size(size: int, where: str) -> None:
 
 
 def _read_cifar10(root: Path):
+    """CIFAR-10's batches, each decoded straight into one array allocated up front for as many rows as the batch
+    sizes allow (3,072 bytes per image at least); the rows never filled are never touched, so never resident,
+    and the peak is one copy of the images plus one batch."""
     archive = root / "cifar-10-python.tar.gz"
     folder = root / _CIFAR_DIR
     names = _CIFAR_TRAIN + _CIFAR_TEST + [_CIFAR_META]
-    if archive.is_file():
-        # read the members straight from the archive that was staged and MD5-checked
-        contents = {}
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
+    tar = None
+    try:
+        if archive.is_file():
+            # read the members straight from the archive that was staged and MD5-checked
+            try:
+                tar = tarfile.open(archive, "r:gz")
+                members = {}
                 for name in names:
                     try:
                         info = tar.getmember(f"{_CIFAR_DIR}/{name}")
@@ -235,44 +240,61 @@ def _read_cifar10(root: Path):
                     if info is None or not info.isfile():
                         raise SourceError(f"{archive}: member {_CIFAR_DIR}/{name} not found (as a regular file)")
                     _check_batch_size(info.size, f"{archive}:{_CIFAR_DIR}/{name}")
-                    contents[name] = tar.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise SourceError(f"{archive}: cannot read the archive ({exc})") from exc
-        where = {name: f"{archive}:{_CIFAR_DIR}/{name}" for name in names}
-        used = [archive]
-    elif folder.is_dir():
-        missing = [str(folder / n) for n in names if not (folder / n).is_file()]
-        if missing:
-            raise SourceError("CIFAR-10 batch files not found:\n" + _listing(missing))
-        for name in names:
-            _check_batch_size((folder / name).stat().st_size, str(folder / name))
-        contents = {name: (folder / name).read_bytes() for name in names}
-        where = {name: str(folder / name) for name in names}
-        used = [folder / n for n in names]
-    else:
-        raise SourceError(
-            f"CIFAR-10 not found under {root}: expected {archive} (or its extracted {folder}/ with "
-            f"{', '.join(names)})"
-        )
-    meta = _unpickle(contents[_CIFAR_META], where[_CIFAR_META])
-    if "label_names" not in meta:
-        raise SourceError(f"{where[_CIFAR_META]}: no key label_names; found {sorted(meta)}")
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-    images, labels, split = [], [], []
-    for code, part in enumerate((_CIFAR_TRAIN, _CIFAR_TEST)):
-        for name in part:
-            x, y = _cifar_batch(contents.pop(name), where[name])
-            if y.size and (y.min() < 0 or y.max() >= len(class_names)):
-                raise SourceError(f"{where[name]}: labels must be 0..{len(class_names) - 1}")
-            images.append(x)
-            labels.append(y)
-            split.append(np.full(len(y), code, np.uint8))
+                    members[name] = info
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise SourceError(f"{archive}: cannot read the archive ({exc})") from exc
+            sizes = {name: info.size for name, info in members.items()}
+            where = {name: f"{archive}:{_CIFAR_DIR}/{name}" for name in names}
+            used = [archive]
+
+            def read(name: str) -> bytes:
+                try:
+                    return tar.extractfile(members[name]).read()
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    raise SourceError(f"{archive}: cannot read the archive ({exc})") from exc
+        elif folder.is_dir():
+            missing = [str(folder / n) for n in names if not (folder / n).is_file()]
+            if missing:
+                raise SourceError("CIFAR-10 batch files not found:\n" + _listing(missing))
+            sizes = {name: (folder / name).stat().st_size for name in names}
+            for name in names:
+                _check_batch_size(sizes[name], str(folder / name))
+            where = {name: str(folder / name) for name in names}
+            used = [folder / n for n in names]
+
+            def read(name: str) -> bytes:
+                return (folder / name).read_bytes()
+        else:
+            raise SourceError(
+                f"CIFAR-10 not found under {root}: expected {archive} (or its extracted {folder}/ with "
+                f"{', '.join(names)})"
+            )
+        meta = _unpickle(read(_CIFAR_META), where[_CIFAR_META])
+        if "label_names" not in meta:
+            raise SourceError(f"{where[_CIFAR_META]}: no key label_names; found {sorted(meta)}")
+        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+        bound = sum(sizes[name] // (3 * 32 * 32) for name in _CIFAR_TRAIN + _CIFAR_TEST)
+        images = np.empty((bound, 32, 32, 3), np.uint8)
+        labels, split, filled = [], [], 0
+        for code, part in enumerate((_CIFAR_TRAIN, _CIFAR_TEST)):
+            for name in part:
+                x, y = _cifar_batch(read(name), where[name])
+                if y.size and (y.min() < 0 or y.max() >= len(class_names)):
+                    raise SourceError(f"{where[name]}: labels must be 0..{len(class_names) - 1}")
+                images[filled : filled + len(x)] = x
+                filled += len(x)
+                labels.append(y)
+                split.append(np.full(len(y), code, np.uint8))
+                del x
+    finally:
+        if tar is not None:
+            tar.close()
     attrs = {
         "source_name": "CIFAR10",
         "input_files": [str(p.relative_to(root)) for p in used],
         "input_sha256": _checksum(used, root),
     }
-    return np.concatenate(images), np.concatenate(labels), np.concatenate(split), class_names, attrs
+    return images[:filled], np.concatenate(labels), np.concatenate(split), class_names, attrs
 
 
 def _idx_count(path: Path) -> int:
