@@ -235,6 +235,27 @@ def test_classifier_table_is_seeded_and_matches_sklearn(tiny_run):
     assert row["accuracy"] == pytest.approx(accuracy)
 
 
+@pytest.mark.parametrize("rows_per_block", [1, 7, 1000])
+def test_blocked_standard_scaler_equals_sklearn_to_the_last_bit(monkeypatch, rows_per_block):
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((300, 40)) * 50 + rng.uniform(-1e3, 1e3, 40)).astype(np.float32)
+    x[:, 3] = 7.25  # constant: a scale of 1, as scikit-learn gives it
+    monkeypatch.setattr(metrics, "BLOCK_BYTES", 8 * 40 * rows_per_block)
+    ours, theirs = metrics.blocked_standard_scaler().fit(x), StandardScaler().fit(x)
+    for name in ("mean_", "var_", "scale_"):
+        assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    assert ours.n_samples_seen_ == theirs.n_samples_seen_ == 300 and ours.scale_[3] == 1.0
+    assert np.array_equal(ours.transform(x), theirs.transform(x))
+    in_place = x.copy()
+    metrics.blocked_standard_scaler(copy=False).fit(in_place).transform(in_place)
+    assert np.array_equal(in_place, theirs.transform(x))
+    x[5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.blocked_standard_scaler().fit(x)
+
+
 def test_stale_baseline_and_bad_predictions_are_refused(tiny_run, tmp_path):
     r = tiny_run
     stale = tmp_path / "baseline.csv"

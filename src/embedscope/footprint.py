@@ -190,10 +190,10 @@ def classifier_resources(extent: Extent, n_train: int, n_test: int, widths: Sequ
 
     With D = the widest of the raw pixels (H W C) and ``widths``, C = classes, T = trees:
     mem_mb = BASE_MB + HEADROOM x (4 N D (the set in float32, N = n_train + n_test; logreg standardises it in
-    place and scikit-learn's lbfgs keeps float32 input in float32) + 8 n_train D (with logreg: scikit-learn's
-    StandardScaler.fit computes the variance from a float64 X - mean of the whole training set; 6.2 GB of the
-    10.7 GB peak of the full CIFAR-10 table) + T x n_train x (64 + 8 C) B (the forest) + 8 x CHUNK_MB x 1e6
-    (image or feature chunks being read)) / 1e6.
+    place and scikit-learn's lbfgs keeps float32 input in float32) + 2 x METRICS_BLOCK_BYTES (with logreg: the
+    scaler's fit holds a float64 block of X - mean and the running sum it is added to; scikit-learn's own fit
+    held a float64 X - mean of the whole training set, 6.2 GB of the full CIFAR-10 table's 10.7 GB peak)
+    + T x n_train x (64 + 8 C) B (the forest) + 8 x CHUNK_MB x 1e6 (image or feature chunks being read)) / 1e6.
     runtime = 5 + HEADROOM x seconds / 60, rounded up, with seconds = 30 + the sum over every set of width d of
     (logreg: 4 iters x n_train d C x 0.25 ns; forest: T x n_train log2(n_train) sqrt(d) x 250 ns; kNN:
     n_test n_train d x 1 ns) / threads, for the classifiers that ``settings`` enables.
@@ -205,8 +205,8 @@ def classifier_resources(extent: Extent, n_train: int, n_test: int, widths: Sequ
     names = settings.get("classifiers", ["logreg", "random_forest", "knn"])
     trees = int(settings.get("random_forest_trees", 100)) if "random_forest" in names else 0
     held = 4 * (n_train + n_test) * wide + trees * n_train * (64 + 8 * classes) + 8 * CHUNK_MB * 1e6
-    if LOGREG_CLASSIFIER in names:  # StandardScaler.fit's float64 (X - mean) of the training set
-        held += 8 * n_train * wide
+    if LOGREG_CLASSIFIER in names:  # the blocked StandardScaler fit's float64 block and running sum
+        held += 2 * min(METRICS_BLOCK_BYTES, 8 * n_train * wide)
     iters = int(settings.get("logreg_max_iter", 200))
     work = 0.0
     for d in sets:
