@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,7 +242,6 @@ rule all:
 
 def mini_workflow(tmp_path, weights="random", shards=1):
     """The real rules/ and workflow_scripts/ with a Snakefile that includes only data, downloads and features."""
-    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     for name in ("rules", "workflow_scripts", "schemas", "envs", "report", "src"):
@@ -252,22 +252,35 @@ def mini_workflow(tmp_path, weights="random", shards=1):
         f"extractors: [scattering, resnet18]\ndevice: cpu\nresnet18: {{weights: {weights}, batch_size: 32, "
         f"shards: {shards}}}\nscattering: {{batch_size: 16, shards: {shards}}}\n"
     )
-    return [str(Path(sys.executable).with_name("snakemake")), "--directory", str(tmp_path), "-s",
-            str(tmp_path / "Snakefile")]
+    return mini_command(tmp_path)
+
+
+def mini_command(workdir) -> list[str]:
+    """Snakemake on the mini workflow in ``workdir`` (options follow)."""
+    return [str(Path(sys.executable).with_name("snakemake")), "--directory", str(workdir), "-s",
+            str(workdir / "Snakefile")]
+
+
+@pytest.fixture(scope="module")
+def unsharded_run(tmp_path_factory):
+    """The mini workflow run once, one extraction job per extractor (shards: 1)."""
+    workdir = tmp_path_factory.mktemp("unsharded")
+    snakemake = mini_workflow(workdir)
+    subprocess.run([*snakemake, "--cores", "2"], check=True, capture_output=True, text=True)
+    return workdir
 
 
 @pytest.mark.e2e
-def test_rules_build_both_stores(tmp_path):
-    snakemake = mini_workflow(tmp_path)
+def test_rules_build_both_stores(unsharded_run):
+    snakemake = mini_command(unsharded_run)
     lint = subprocess.run([*snakemake, "--lint"], capture_output=True, text=True)
     assert "features.smk" not in lint.stdout + lint.stderr
-    subprocess.run([*snakemake, "--cores", "2"], check=True, capture_output=True, text=True)
     for extractor, dims in (("scattering", [3969]), ("resnet18", [64, 64, 64, 64, 64, 128, 256, 512])):
-        store = tmp_path / f"results/features/tiny/{extractor}.zarr"
+        store = unsharded_run / f"results/features/tiny/{extractor}.zarr"
         layers = layer_names(store)
         assert [load_features(store, layer).features.shape for layer in layers] == [(100, d) for d in dims]
-        assert (tmp_path / f"results/logs/features/tiny/{extractor}.log").stat().st_size > 0
-        assert (tmp_path / f"results/benchmarks/features/tiny/{extractor}.tsv").exists()
+        assert (unsharded_run / f"results/logs/features/tiny/{extractor}.log").stat().st_size > 0
+        assert (unsharded_run / f"results/benchmarks/features/tiny/{extractor}.tsv").exists()
 
 
 @pytest.mark.e2e
@@ -280,19 +293,15 @@ def test_imagenet_weights_come_from_download_rule(tmp_path):
 
 
 @pytest.mark.e2e
-def test_sharded_rules_write_the_store_of_one_job(tmp_path):
-    runs = {}
-    for shards in (1, 4):
-        workdir = tmp_path / f"k{shards}"
-        workdir.mkdir()
-        snakemake = mini_workflow(workdir, shards=shards)
-        subprocess.run([*snakemake, "--cores", "2"], check=True, capture_output=True, text=True)
-        runs[shards] = workdir
-    logs = runs[4] / "results/logs/features/tiny"
+def test_sharded_rules_write_the_store_of_one_job(tmp_path, unsharded_run):
+    # 4 shards of whole batches over 100 images: 32, 32, 32 and 4 images each (batches of 16 and 32)
+    snakemake = mini_workflow(tmp_path, shards=4)
+    subprocess.run([*snakemake, "--cores", "2"], check=True, capture_output=True, text=True)
+    logs = tmp_path / "results/logs/features/tiny"
     for extractor in ("scattering", "resnet18"):
-        assert_same_store(runs[4] / f"results/features/tiny/{extractor}.zarr",
-                          runs[1] / f"results/features/tiny/{extractor}.zarr")
-        assert not (runs[4] / f"results/features/tiny/{extractor}.shards").exists()  # temp(): gone once gathered
+        assert_same_store(tmp_path / f"results/features/tiny/{extractor}.zarr",
+                          unsharded_run / f"results/features/tiny/{extractor}.zarr")
+        assert not (tmp_path / f"results/features/tiny/{extractor}.shards").exists()  # temp(): gone once gathered
         assert sorted(p.name for p in logs.glob(f"{extractor}.*")) == [
             f"{extractor}.{i}-of-4.log" for i in range(4)] + [f"{extractor}.gather.log"]
-        assert (runs[1] / f"results/logs/features/tiny/{extractor}.log").is_file()
+        assert (unsharded_run / f"results/logs/features/tiny/{extractor}.log").is_file()
