@@ -128,8 +128,12 @@ def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
 # The 1/20-scale study in the suite: every stage whose memory or time grows with the data (ingest, baseline,
 # extraction, fine-tuning, every t-SNE map, both tables, the explorer) and one figure of each kind; the other
 # per-layer figures draw the same things for other layers (the default study's end-to-end test draws them all).
+# MNIST only: its jobs are sized from the generated IDX headers, so a declaration that falls short of what a job
+# uses shows at this scale. CIFAR-10's archive cannot be sized without decompressing it, so at 1/20 its jobs keep
+# the full size's declarations and could not fall short here; its archive, RGB and 32 x 32 code paths run
+# through rule all in tests/test_sources_dag.py, and its full size in bench/bench_fullsize.py.
 SCALED_TARGETS = [
-    path.format(dataset=dataset) for dataset in ("mnist", "cifar10") for path in (
+    path.format(dataset="mnist") for path in (
         "results/metrics/{dataset}/classifiers.csv", "results/metrics/{dataset}/embedding_quality.csv",
         "results/explorer/{dataset}.html", "results/figures/{dataset}/metrics/depth.png",
         "results/figures/{dataset}/class_means.png", "results/figures/{dataset}/confusion.png",
@@ -145,9 +149,9 @@ SCALED_TARGETS = [
 
 @pytest.mark.e2e
 def test_paper_study_at_one_twentieth_of_its_size_stays_within_every_declaration(tmp_path):
-    """config/paper.yaml on 3,500 MNIST and 3,000 CIFAR-10 generated images in the real file formats
-    (bench/bench_fullsize.py --scale 0.05; the full size is the same command without --scale): every job's true
-    peak memory and wall time stay below the mem_mb and runtime its rule declared."""
+    """config/paper.yaml's MNIST study on 3,500 generated images in the real file formats (bench/bench_fullsize.py
+    --scale 0.05; the full size is the same command without --scale): every job's true peak memory and wall time
+    stay below the mem_mb and runtime its rule declared."""
     table = tmp_path / "jobs.csv"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_fullsize.py"), "--scale", "0.05", "--workdir",
@@ -165,6 +169,6 @@ def test_paper_study_at_one_twentieth_of_its_size_stays_within_every_declaration
                    "plot_metrics": 1, "plot_confusion": 1, "plot_top_losses": 1, "plot_training": 1,
                    "plot_activation_input": 1, "plot_activations": 1, "plot_tsne": 1, "plot_tsne_thumbs": 1,
                    "plot_tsne_layers": 1}
-    assert rules == Counter({rule: 2 * count for rule, count in per_dataset.items()})
+    assert rules == Counter(per_dataset)
     over = [job["job"] for job in jobs if float(job["mem_ratio"]) > 1 or float(job["wall_ratio"]) > 1]
     assert over == []
