@@ -1,8 +1,9 @@
 """t-SNE of 10,000 x 512 features, this pipeline's settings vs scikit-learn's TSNE as the report ran it.
 
 - pipeline: `embedscope.tsne.embed_tsne` with the workflow's defaults, read from schemas/config.schema.yaml
-  (openTSNE, exact kNN affinities, FFT gradients on a grid of 2-unit cells, PCA to 50 components first,
-  perplexity 15, PCA initialisation, 250 + 500 iterations, learning rate N/12 then N);
+  (openTSNE, exact kNN affinities, Barnes-Hut gradients up to 4,000 points and FFT on a grid of 2-unit cells
+  above, PCA to 50 components first, perplexity 15, PCA initialisation, 250 + 500 iterations, learning rate N/12
+  then N);
 - report: `sklearn.manifold.TSNE(perplexity=15).fit_transform(features)` on the raw 512 values (random_state=0
   added so the run is repeatable).
 
@@ -12,6 +13,7 @@ activations). Trustworthiness (k=10) is computed on the same seeded 3,000-point 
 n needs an n x n distance matrix per embedding). Target: >= 3x faster, trustworthiness within 0.01.
 
     nice .venv/bin/python bench/bench_tsne.py [--n 10000 ...] [--threads 2] [--store PATH --layer NAME]
+    nice .venv/bin/python bench/bench_tsne.py --gradients --n 1000 2000 5000 10000 --threads 2   # bh against fft
 
 Prints a table and writes results/benchmarks/bench_tsne.csv. `summary_rows()` is the suite's part (bench/run.py):
 N = 2,000, 5,000 and 10,000, both methods side by side at each N.
@@ -65,13 +67,16 @@ def pipeline_settings() -> dict[str, Any]:
 
     schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
     props = schema["properties"]["tsne"]["properties"]
-    keys = ("method", "perplexity", "pca_components", "n_iter", "seed", "ints_in_interval", "neighbors")
+    keys = ("method", "perplexity", "pca_components", "n_iter", "seed", "ints_in_interval", "neighbors",
+             "gradient")
     return {key: props[key]["default"] for key in keys}
 
 
 def compare(features: np.ndarray, labels: np.ndarray, threads: int, subsample: int = 3000,
-            skip_sklearn: bool = False, log=print) -> list[dict]:
-    """Pipeline then sklearn on the same features; trustworthiness (k=10) on the same seeded subsample."""
+            skip_sklearn: bool = False, log=print, gradients=()) -> list[dict]:
+    """Pipeline then sklearn on the same features; trustworthiness (k=10) on the same seeded subsample.
+
+    ``gradients`` (some of bh, fft): the pipeline once with each gradient method instead, and no sklearn."""
     from sklearn.manifold import TSNE, trustworthiness
 
     from embedscope.tsne import embed_tsne
@@ -80,11 +85,13 @@ def compare(features: np.ndarray, labels: np.ndarray, threads: int, subsample: i
     sub = np.sort(np.random.default_rng(0).choice(n, size=min(subsample, n), replace=False))
     settings = pipeline_settings()
     runs = []
-    start = time.perf_counter()
-    coords = embed_tsne(features, n_jobs=threads, **settings)
-    runs.append((PIPELINE, time.perf_counter() - start, coords))
-    log(f"N={n}: pipeline done in {runs[-1][1]:.1f} s ({settings})")
-    if not skip_sklearn:
+    variants = [(f"{PIPELINE} {g}", {**settings, "gradient": g}) for g in gradients] or [(PIPELINE, settings)]
+    for name, variant in variants:
+        start = time.perf_counter()
+        coords = embed_tsne(features, n_jobs=threads, **variant)
+        runs.append((name, time.perf_counter() - start, coords))
+        log(f"N={n}: {name} done in {runs[-1][1]:.1f} s ({variant})")
+    if not skip_sklearn and not gradients:
         start = time.perf_counter()
         coords = TSNE(n_components=2, perplexity=15, random_state=0, n_jobs=threads).fit_transform(features)
         runs.append((REPORT, time.perf_counter() - start, coords))
@@ -135,6 +142,8 @@ def main() -> None:
     parser.add_argument("--store", help="a feature store (results/features/<dataset>/<extractor>.zarr)")
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--gradients", action="store_true",
+                        help="time openTSNE's Barnes-Hut and FFT gradients at each N (the tsne.gradient crossover)")
     args = parser.parse_args()
 
     rows = []
@@ -150,7 +159,7 @@ def main() -> None:
             source = "synthetic clustered"
         print(f"features: {source}, n={len(features)}, D={features.shape[1]}, threads={args.threads}", flush=True)
         rows += compare(features, labels, args.threads, args.subsample, args.skip_sklearn,
-                        log=lambda m: print(m, flush=True))
+                        log=lambda m: print(m, flush=True), gradients=("bh", "fft") if args.gradients else ())
 
     columns = list(rows[0])
     for row in rows:
@@ -160,12 +169,13 @@ def main() -> None:
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
     for pipe, report in zip(rows[::2], rows[1::2], strict=False):
-        if report["method"] != REPORT:
+        if report.get("method") != REPORT:
             break
         delta = pipe["trustworthiness_k10"] - report["trustworthiness_k10"]
         print(f"N={pipe['n']}: speedup {pipe['speedup_vs_sklearn']:.2f}x (target >= 3x), trustworthiness difference "
               f"{delta:+.4f} (target within 0.01)")
-    print(f"wrote {write_rows(rows, 'bench_tsne.csv', columns)}")
+    name = "bench_tsne_gradients.csv" if args.gradients else "bench_tsne.csv"
+    print(f"wrote {write_rows(rows, name, columns)}")
 
 
 if __name__ == "__main__":

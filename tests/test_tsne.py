@@ -9,7 +9,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from embedscope.artifacts import ArtifactError, read_tsne, read_tsne_meta, write_predictions
 from embedscope.store import FeatureStoreWriter
-from embedscope.tsne import embed_tsne, run_tsne, tsne_input_dim, tsne_subset
+from embedscope.tsne import BH_MAX_POINTS, embed_tsne, gradient_method, run_tsne, tsne_input_dim, tsne_subset
 
 
 def knn_accuracy_2d(coords, labels, k=10):
@@ -38,15 +38,26 @@ def test_tsne_subset_is_stratified_seeded_and_sorted():
     assert len(tsne_subset(labels, 37, 0)) == 37
 
 
-def test_opentsne_separates_blobs_and_is_deterministic(blobs):
+@pytest.mark.parametrize("gradient", ["bh", "fft"])
+def test_opentsne_separates_blobs_and_is_deterministic(blobs, gradient):
     x, y = blobs
-    a = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=0, n_jobs=1)
+    run = dict(perplexity=15, pca_components=50, n_iter=250, n_jobs=1, gradient=gradient)
+    a = embed_tsne(x, "opentsne", seed=0, **run)
     assert a.shape == (300, 2) and np.isfinite(a).all()
     assert knn_accuracy_2d(a, y) == 1.0  # every odd row next to its own blob
-    b = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=0, n_jobs=1)
-    assert np.array_equal(a, b)
-    c = embed_tsne(x, "opentsne", perplexity=15, pca_components=50, n_iter=250, seed=1, n_jobs=1)
-    assert not np.array_equal(a, c)
+    assert np.array_equal(a, embed_tsne(x, "opentsne", seed=0, **run))
+    if gradient == "bh":  # (FFT runs cost seconds each, even on 300 points)
+        assert not np.array_equal(a, embed_tsne(x, "opentsne", seed=1, **run))
+    else:
+        assert not np.array_equal(a, embed_tsne(x, "opentsne", seed=0, **{**run, "gradient": "bh"}))
+
+
+def test_auto_gradient_is_barnes_hut_up_to_its_crossover_and_fft_above():
+    assert BH_MAX_POINTS == 4000
+    assert [gradient_method("auto", n) for n in (4, 2000, 4000, 4001, 70000)] == ["bh", "bh", "bh", "fft", "fft"]
+    assert gradient_method("fft", 10) == "fft" and gradient_method("bh", 10**6) == "bh"
+    with pytest.raises(ValueError, match="'tsne.gradient' is 'exact'; expected one of"):
+        gradient_method("exact", 10)
 
 
 def test_sklearn_method_separates_blobs_and_is_deterministic(blobs):
@@ -63,6 +74,8 @@ def test_bad_inputs_name_the_problem(blobs):
         embed_tsne(x, "umap")
     with pytest.raises(ValueError, match="tsne.neighbors"):
         embed_tsne(x, neighbors="hnsw")
+    with pytest.raises(ValueError, match="tsne.gradient"):
+        embed_tsne(x, gradient="fast")
     bad = x.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -118,6 +131,7 @@ def test_run_tsne_writes_csv_with_predictions(tmp_path, blobs):
     assert info["n"] == 100 and info["dim"] == 80 and info["dim_tsne_input"] == 50
     assert info["class_names"] == [f"c{i}" for i in range(5)] and info["weights"] == "random"
     assert info["ints_in_interval"] == 2.0 and info["neighbors"] == "exact"
+    assert info["gradient"] == "auto" and info["gradient_used"] == "bh"
     assert info["compute"] == COMPUTE  # the store's record of where its features were computed
     assert info["perplexity"] == info["perplexity_used"] == 10.0
     assert sorted(p.name for p in out.parent.iterdir()) == ["layer4.csv", "layer4.json"]  # no temp files left
@@ -163,5 +177,6 @@ def test_schema_defaults_are_embed_tsne_defaults():
     schema = yaml.safe_load((Path(__file__).parents[1] / "schemas" / "config.schema.yaml").read_text())
     props = schema["properties"]["tsne"]["properties"]
     params = inspect.signature(embed_tsne).parameters
-    for key in ("method", "perplexity", "pca_components", "n_iter", "seed", "ints_in_interval", "neighbors"):
+    for key in ("method", "perplexity", "pca_components", "n_iter", "seed", "ints_in_interval", "neighbors",
+                "gradient"):
         assert props[key]["default"] == params[key].default, key

@@ -29,6 +29,14 @@ INTS_IN_INTERVAL = 2.0
 # openTSNE's kNN for the affinities: "exact" (brute force, O(N^2 D): 0.35 s at 10,000 x 50 here, against 1.4 s for
 # the approximate "annoy" that "auto" picks above 1,000 points); "annoy"/"auto" for much larger N.
 NEIGHBORS = ("exact", "annoy", "auto")
+# openTSNE's negative gradients: Barnes-Hut costs O(N log N) per iteration, the FFT interpolation a grid whose
+# cost barely depends on N, so Barnes-Hut is faster for small maps and FFT for large ones. On 2 cores (500
+# iterations after early exaggeration, 512-wide clustered features reduced to 50): 1,000 points 3.1 s against
+# 13.5 s, 2,000 points 8.0 s against 18.5 s, 5,000 points 23.6 s against 20.5 s, 10,000 points 64.5 s against
+# 27.5 s, trustworthiness (k=10) equal within 0.0005 at each size (bench/bench_tsne.py --gradients). "auto"
+# takes Barnes-Hut up to BH_MAX_POINTS points, FFT above.
+GRADIENTS = ("auto", "bh", "fft")
+BH_MAX_POINTS = 4000
 PREDICTION_EXTRACTOR = "resnet18_finetuned"
 
 
@@ -101,10 +109,21 @@ def passive_openmp_wait() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def checked_input(features: np.ndarray, method: str, neighbors: str) -> np.ndarray:
+def gradient_method(gradient: str, n: int) -> str:
+    """openTSNE's ``negative_gradient_method`` for a map of ``n`` points: ``bh`` or ``fft`` as configured,
+    and for ``auto`` Barnes-Hut up to BH_MAX_POINTS points, FFT above."""
+    if gradient not in GRADIENTS:
+        raise ValueError(f"config key 'tsne.gradient' is {gradient!r}; expected one of {list(GRADIENTS)}")
+    if gradient == "auto":
+        return "bh" if n <= BH_MAX_POINTS else "fft"
+    return gradient
+
+
+def checked_input(features: np.ndarray, method: str, neighbors: str, gradient: str = "auto") -> np.ndarray:
     """``features`` as an array, once the settings are known and it is a finite (n >= 4, D) matrix."""
     if method not in METHODS:
         raise ValueError(f"config key 'tsne.method' is {method!r}; expected one of {list(METHODS)}")
+    gradient_method(gradient, 0)
     if neighbors not in NEIGHBORS:
         raise ValueError(f"config key 'tsne.neighbors' is {neighbors!r}; expected one of {list(NEIGHBORS)}")
     features = np.asarray(features)
@@ -127,17 +146,18 @@ def embed_tsne(
     n_jobs: int = 1,
     ints_in_interval: float = INTS_IN_INTERVAL,
     neighbors: str = "exact",
+    gradient: str = "auto",
 ) -> np.ndarray:
     """2-D t-SNE coordinates (n, 2) float64 of ``features`` (n, D).
 
-    ``opentsne``: affinities from ``neighbors`` (exact or approximate) nearest neighbours, FFT-accelerated
-    gradients on a grid of one cell per ``ints_in_interval`` map units (the
-    learning rate is openTSNE's "auto": N/12 during early exaggeration, N after), PCA initialisation,
-    ``random_state=seed``; ``sklearn``:
-    scikit-learn's Barnes-Hut TSNE with PCA initialisation. Layers wider than ``pca_components`` are
+    ``opentsne``: affinities from ``neighbors`` (exact or approximate) nearest neighbours, negative gradients
+    by Barnes-Hut or FFT interpolation (``gradient``, :func:`gradient_method`), the FFT on a grid of one cell
+    per ``ints_in_interval`` map units (the learning rate is openTSNE's "auto": N/12 during early exaggeration,
+    N after), PCA initialisation, ``random_state=seed``; ``sklearn``: scikit-learn's Barnes-Hut TSNE with PCA
+    initialisation. Layers wider than ``pca_components`` are
     reduced with PCA first (0 = never). Same inputs and seed give identical coordinates.
     """
-    features = checked_input(features, method, neighbors)
+    features = checked_input(features, method, neighbors, gradient)
     n = len(features)
     passive_openmp_wait()
     x = reduce_pca(features, pca_components, seed)
@@ -149,7 +169,7 @@ def embed_tsne(
             n_components=2,
             perplexity=perplexity,
             initialization="pca",
-            negative_gradient_method="fft",
+            negative_gradient_method=gradient_method(gradient, n),
             ints_in_interval=float(ints_in_interval),
             neighbors=neighbors,
             early_exaggeration_iter=EARLY_EXAGGERATION_ITER,
@@ -230,6 +250,7 @@ def run_tsne(
     info: Mapping[str, Any] | None = None,
     ints_in_interval: float = INTS_IN_INTERVAL,
     neighbors: str = "exact",
+    gradient: str = "auto",
 ) -> pd.DataFrame:
     """t-SNE of one feature-store layer's test split -> results/tsne/{dataset}/{extractor}/{layer}.csv.
 
@@ -243,11 +264,12 @@ def run_tsne(
         raise ValueError(f"store {store} layer {layer!r} has no test-split rows")
     positions = tsne_subset(data.labels, max_points, seed)
     features = data.features[positions]
-    log.info("t-SNE of %s/%s: %d of %d test points, D=%d, method=%s, perplexity=%s",
-             store, layer, len(positions), len(data.labels), features.shape[1], method, perplexity)
+    used = gradient_method(gradient, len(positions)) if method == "opentsne" else None
+    log.info("t-SNE of %s/%s: %d of %d test points, D=%d, method=%s, gradient=%s, perplexity=%s",
+             store, layer, len(positions), len(data.labels), features.shape[1], method, used, perplexity)
     start = time.perf_counter()
     coords = embed_tsne(features, method, perplexity, pca_components, n_iter, seed, n_jobs, ints_in_interval,
-                        neighbors)
+                        neighbors, gradient)
     seconds = time.perf_counter() - start
     log.info("t-SNE done in %.1f s", seconds)
     table = pd.DataFrame({
@@ -260,6 +282,6 @@ def run_tsne(
         table = join_predictions(table, predictions)
     settings = {"method": method, "perplexity": float(perplexity), "pca_components": int(pca_components),
                 "n_iter": int(n_iter), "ints_in_interval": float(ints_in_interval), "neighbors": neighbors,
-                "seed": int(seed), "max_points": max_points}
+                "gradient": gradient, "gradient_used": used, "seed": int(seed), "max_points": max_points}
     write_tsne(output_csv, table, output_meta, map_meta(data, layer, len(table), settings, info))
     return table
