@@ -30,11 +30,11 @@ INTS_IN_INTERVAL = 2.0
 # the approximate "annoy" that "auto" picks above 1,000 points); "annoy"/"auto" for much larger N.
 NEIGHBORS = ("exact", "annoy", "auto")
 # openTSNE's negative gradients: Barnes-Hut costs O(N log N) per iteration, the FFT interpolation a grid whose
-# cost barely depends on N, so Barnes-Hut is faster for small maps and FFT for large ones. On 2 cores (500
-# iterations after early exaggeration, 512-wide clustered features reduced to 50): 1,000 points 3.1 s against
-# 13.5 s, 2,000 points 8.0 s against 18.5 s, 5,000 points 23.6 s against 20.5 s, 10,000 points 64.5 s against
-# 27.5 s, trustworthiness (k=10) equal within 0.0005 at each size (bench/bench_tsne.py --gradients). "auto"
-# takes Barnes-Hut up to BH_MAX_POINTS points, FFT above.
+# cost barely depends on N, so Barnes-Hut is faster for small maps and FFT for large ones. Side by side on 2
+# busy cores (500 iterations after early exaggeration, 512-wide clustered features reduced to 50; Barnes-Hut
+# against FFT): 1,000 points 7.2 s against 22.4 s, 2,000 points 14.2 s against 22.3 s, 5,000 points 40.3 s
+# against 27.8 s, 10,000 points 94.0 s against 32.5 s, trustworthiness (k=10) equal within 0.0005 at each size
+# (bench/bench_tsne.py --gradients). "auto" takes Barnes-Hut up to BH_MAX_POINTS points, FFT above.
 GRADIENTS = ("auto", "bh", "fft")
 BH_MAX_POINTS = 4000
 PREDICTION_EXTRACTOR = "resnet18_finetuned"
