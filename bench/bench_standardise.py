@@ -3,8 +3,9 @@ against the classifier table's blocked one (``embedscope.metrics.blocked_standar
 
 Each variant runs in its own process on a seeded float32 matrix the size of CIFAR-10's scattering layer
 (50,000 x 15,552 by default: 3.1 GB), fits and standardises it in place, as evaluate_classifiers' logreg does,
-and reports the kernel's high-water mark of its resident memory (VmHWM) and the time taken. Both variants'
-``mean_`` and ``scale_`` are compared to the last bit. Writes results/benchmarks/bench_standardise.csv.
+and reports the kernel's high-water mark of its resident memory (``embedscope.runtime.peak_rss_mb``, the
+figure every job's summary gives) and the time taken. Both variants' ``mean_`` and ``scale_`` are compared to
+the last bit. Writes results/benchmarks/bench_standardise.csv.
 
     .venv/bin/python bench/bench_standardise.py [--rows 50000] [--width 15552]
 """
@@ -23,14 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from csvout import write_rows  # noqa: E402
 
+from embedscope.runtime import peak_rss_mb  # noqa: E402
+
 VARIANTS = ("sklearn", "blocked")
-
-
-def high_water_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def one(variant: str, rows: int, width: int, out: str) -> None:
@@ -43,14 +39,14 @@ def one(variant: str, rows: int, width: int, out: str) -> None:
     x = np.empty((rows, width), dtype=np.float32)
     for start in range(0, rows, 1000):  # filled in slices: no float64 matrix from the generator
         x[start:start + 1000] = rng.standard_normal((min(1000, rows - start), width), dtype=np.float32)
-    held = high_water_mb()
+    held = peak_rss_mb()[0]
     scaler = StandardScaler(copy=False) if variant == "sklearn" else blocked_standard_scaler(copy=False)
     start = time.perf_counter()
     scaler.fit(x).transform(x)
     seconds = time.perf_counter() - start
     np.savez(out, mean=scaler.mean_, scale=scaler.scale_)
     print(json.dumps({"variant": variant, "rows": rows, "width": width, "matrix_mb": round(x.nbytes / 1e6, 1),
-                      "before_fit_mb": round(held, 1), "peak_mb": round(high_water_mb(), 1),
+                      "before_fit_mb": round(held, 1), "peak_mb": round(peak_rss_mb()[0], 1),
                       "seconds": round(seconds, 2)}))
 
 
