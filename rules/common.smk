@@ -47,6 +47,7 @@ FEATURE_SHARD = "results/features/{dataset}/{extractor}.shards/{shard}-of-{shard
 MODEL = "results/models/{dataset}/resnet18_finetuned.pt"
 TRAINING_LOG = "results/models/{dataset}/training_log.csv"
 PREDICTIONS = "results/models/{dataset}/predictions.csv"
+COLLAPSE = "results/metrics/{dataset}/collapse.csv"
 TSNE_CSV = "results/tsne/{dataset}/{extractor}/{layer}.csv"
 TSNE_META = "results/tsne/{dataset}/{extractor}/{layer}.json"
 FIGURES = "results/figures/{dataset}"
@@ -301,10 +302,14 @@ def extraction_size(wildcards, job="all"):
 
 def finetune_size(wildcards, threads):
     """Resources of fine-tuning; on CUDA its loader runs `threads` worker processes."""
-    extent = stored_extent(extent_of(wildcards.dataset), dataset_settings(wildcards.dataset))
+    settings = dataset_settings(wildcards.dataset)
+    extent = stored_extent(extent_of(wildcards.dataset), settings)
     recipe = config["finetune"]
+    n_train, n_test = split_sizes(settings, extent)
+    probed = n_train if recipe["collapse_points"] is None else min(recipe["collapse_points"], n_train)
     return finetune_resources(extent, recipe["batch_size"], recipe["stage1_epochs"], recipe["stage2_epochs"],
-                              resize=config["resnet18"]["resize"], cuda=bool(GPU), workers=threads if GPU else 0)
+                              resize=config["resnet18"]["resize"], cuda=bool(GPU), workers=threads if GPU else 0,
+                              collapse_train=probed, collapse_test=n_test)
 
 
 def activation_image(dataset):
@@ -330,7 +335,7 @@ def feature_targets():
 def finetune_targets():
     if not FINETUNE:
         return []
-    return expand([MODEL, TRAINING_LOG, PREDICTIONS], dataset=DATASETS)
+    return expand([MODEL, TRAINING_LOG, PREDICTIONS, COLLAPSE], dataset=DATASETS)
 
 
 def tsne_targets():
@@ -360,6 +365,7 @@ def figure_targets():
             targets += [
                 f"{fig}/training/loss.png",
                 f"{fig}/training/lr.png",
+                f"{fig}/collapse.png",
                 f"{fig}/top_losses.png",
                 f"{fig}/confusion.png",
             ]

@@ -175,6 +175,25 @@ rule plot_training:
         "../workflow_scripts/plot_training.py"
 
 
+rule plot_collapse:
+    input:
+        collapse=COLLAPSE,
+    output:
+        report_entry(f"{FIGURES}/collapse.png", "collapse", "Fine-tuning", figure="neural collapse"),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        f"{FIGURE_LOGS}/collapse.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/plot_collapse.py"
+
+
 rule plot_top_losses:
     input:
         predictions=PREDICTIONS,

@@ -1,5 +1,6 @@
 # Fine-tuning (report section 3): ResNet-18 + fastai's head, trained in two one-cycle stages; the checkpoint,
-# the training log and the test predictions. Its feature store is written by `extract_features`.
+# the training log, the test predictions and the neural-collapse statistics of every epoch. Its feature store
+# is written by `extract_features`.
 
 
 rule finetune_resnet18:
@@ -10,6 +11,7 @@ rule finetune_resnet18:
         model=MODEL,
         training_log=TRAINING_LOG,
         predictions=PREDICTIONS,
+        collapse=report_entry(COLLAPSE, "collapse_table", "Fine-tuning", table="neural collapse"),
     params:
         finetune=config["finetune"],
         resnet18=config["resnet18"],

@@ -171,6 +171,9 @@ def _embedded(**settings):
     (lambda c: c["tsne"].update(pca_components=1),
      "tsne.pca_components = 1: t-SNE starts from a 2-D PCA of its input, so the input needs at least 2 dimensions; "
      "use 0 (no PCA) or at least 2"),
+    (lambda c: c["finetune"].update(collapse_points=9),
+     "finetune.collapse_points = 9: the collapse statistics need a train image of each of datasets.mnist5k's 10 "
+     "classes; allowed at least 10"),
 ])
 def test_values_a_job_would_reject_are_refused(change, message):
     config = load()

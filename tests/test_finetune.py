@@ -10,7 +10,8 @@ from torch import nn
 
 from embedscope import checkpoint as ckpt
 from embedscope import finetune as ft
-from embedscope.artifacts import read_predictions, read_training_log
+from embedscope.artifacts import read_collapse, read_predictions, read_training_log
+from embedscope.collapse import COLLAPSE_METRICS, collapse_statistics
 from embedscope.features import extract_features
 from embedscope.layers import BODY_LAYERS, FINETUNED_LAYERS
 from embedscope.resnet import ConcatPool2d, FinetunedResNet18, FinetuneError, preprocess
@@ -460,9 +461,57 @@ def test_unusable_checkpoints_are_named(trained, tmp_path):
         ckpt.load_finetuned(wrong)
 
 
+def test_collapse_statistics_leave_training_as_it_is(trained, tmp_path):
+    store, images, plain, _ = trained
+    out = tmp_path / "models"
+    run_training(store, out, collapse_path=out / "collapse.csv")
+    a = torch.load(plain / "resnet18_finetuned.pt", weights_only=True)
+    b = torch.load(out / "resnet18_finetuned.pt", weights_only=True)
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for name in ("training_log.csv", "predictions.csv"):
+        assert (plain / name).read_text() == (out / name).read_text(), name
+    table = read_collapse(out / "collapse.csv")
+    assert list(table.columns) == ["stage", "epoch", "layer", "metric", "value", "images"]
+    epochs = [(1, 0), (2, 0)]
+    assert list(dict.fromkeys(zip(table.stage, table.epoch, strict=True))) == epochs
+    expected = [(s, e, layer, m) for s, e in epochs for layer in ft.COLLAPSE_LAYERS for m in COLLAPSE_METRICS
+                if m != "nc3_self_duality" or layer == "head_hidden"]
+    assert list(zip(table.stage, table.epoch, table.layer, table.metric, strict=True)) == expected
+    # default collapse_points (1,000) is more than the 64 train images: all of them; NC4 over the 32 test images
+    assert set(table.loc[table.metric != "nc4_ncc_agreement", "images"]) == {64}
+    assert set(table.loc[table.metric == "nc4_ncc_agreement", "images"]) == {32}
+    assert np.isfinite(table.value).all() and table.value.ge(0).all()
+
+    # the last epoch's statistics are those of the final model, passed over all images at once
+    last = table[(table.stage == 2) & (table.epoch == 0) & (table.layer == "head_hidden")]
+    model, _ = ckpt.load_finetuned(out / "resnet18_finetuned.pt")
+    data = read_image_store(store)
+    split, labels = data.split, data.labels
+    with torch.inference_mode():
+        batch = preprocess(torch.from_numpy(images))
+        logits, layers = model.forward_with_layers(batch)
+    hidden = layers["head_hidden"].numpy()
+    train, test = split == 0, split == 1
+    want = collapse_statistics(hidden[train], labels[train], 2, hidden[test], logits.argmax(1).numpy()[test],
+                               weights=model.head.fc2.weight.detach().numpy())
+    got = dict(zip(last.metric, last.value, strict=True))
+    assert set(got) == set(want)
+    for metric, value in want.items():
+        assert np.isclose(got[metric], value, rtol=1e-4, atol=1e-6), (metric, got[metric], value)
+
+
+def test_too_few_collapse_points_name_the_key(toy_store, tmp_path):
+    recipe = quick_recipe(collapse_points=1)
+    with pytest.raises(FinetuneError, match="finetune.collapse_points"):
+        ft.finetune_resnet18(toy_store, tmp_path / "m.pt", tmp_path / "log.csv", tmp_path / "p.csv",
+                             tmp_path / "collapse.csv", finetune=recipe, resnet18={"weights": "random"})
+    assert not any(tmp_path.glob("*.csv"))
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path):
     full = tmp_path / "full"
-    run_training(toy_store, full, stage2_epochs=2)
+    run_training(toy_store, full, stage2_epochs=2, collapse_path=full / "collapse.csv")
 
     def crash(stage, epoch):
         if (stage, epoch) == (2, 0):
@@ -470,14 +519,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path
 
     part = tmp_path / "part"
     with pytest.raises(ft.TrainingInterrupted):
-        run_training(toy_store, part, stage2_epochs=2, on_epoch_end=crash)
+        run_training(toy_store, part, stage2_epochs=2, on_epoch_end=crash, collapse_path=part / "collapse.csv")
     resume = ckpt.default_resume_path(part / "resnet18_finetuned.pt")
     assert resume == part / "resume" / "resnet18_finetuned.resume.pt" and resume.is_file()
     assert not (part / "resnet18_finetuned.pt").exists()
     assert torch.load(resume, weights_only=True)["stage"] == 2
 
     seen = []
-    run_training(toy_store, part, stage2_epochs=2, on_epoch_end=lambda s, e: seen.append((s, e)))
+    run_training(toy_store, part, stage2_epochs=2, on_epoch_end=lambda s, e: seen.append((s, e)),
+                 collapse_path=part / "collapse.csv")
     assert seen == [(2, 1)]  # only the epoch after the interruption ran again
     assert not resume.exists()
     a = torch.load(full / "resnet18_finetuned.pt", weights_only=True)["state_dict"]
@@ -485,6 +535,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy_store, tmp_path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert (full / "training_log.csv").read_text() == (part / "training_log.csv").read_text()
+    assert (full / "collapse.csv").read_text() == (part / "collapse.csv").read_text()  # earlier epochs kept
 
 
 def test_resume_file_is_used_only_for_its_own_settings(tmp_path):

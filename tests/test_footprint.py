@@ -200,3 +200,7 @@ def test_finetuning():
     assert finetune_resources(paper_mnist, 128, 4, 5) == {"mem_mb": 1915, "runtime": 446}
     assert finetune_resources(paper_mnist, 128, 4, 5, cuda=True, workers=8) == {"mem_mb": 6815, "runtime": 446}
     assert finetune_resources(CIFAR10, 128, 4, 5, resize=64) == {"mem_mb": 3396, "runtime": 963}
+    # the collapse probe: + 1,000 x 784 (its images) + 3,000 x 8,192 B (their and the test split's layers)
+    #      = 515.8 MB -> 1,100 + ceil(1.5 x 515.8); + 9 epochs x 1,000 x 5.784 ms of inference: 10 + ceil(34.6)
+    assert finetune_resources(MNIST5K, 128, 2, 7, collapse_train=1000, collapse_test=2000) == {
+        "mem_mb": 1874, "runtime": 45}

@@ -11,6 +11,7 @@ finetune_resnet18(
     snakemake.output.model,
     snakemake.output.training_log,
     snakemake.output.predictions,
+    snakemake.output.collapse,
     finetune=snakemake.params.finetune,
     resnet18=snakemake.params.resnet18,
     seed=snakemake.params.seed,

@@ -11,6 +11,7 @@ file                                          writer                            
 ``tsne/{ds}/{extractor}/{layer}.json``        :func:`write_tsne` (the sidecar)       :func:`read_tsne_meta`
 ``models/{ds}/predictions.csv``               :func:`write_predictions`              :func:`read_predictions`
 ``models/{ds}/training_log.csv``              :func:`write_training_log`             :func:`read_training_log`
+``metrics/{ds}/collapse.csv``                 :func:`write_collapse`                 :func:`read_collapse`
 ``baseline/{ds}/metrics.csv``                 :func:`write_table`                    :func:`read_baseline`
 ``metrics/{ds}/classifiers.{csv,md}``         :func:`write_table`                    :func:`read_classifiers`
 ``metrics/{ds}/embedding_quality.{csv,md}``   :func:`write_table`                    :func:`read_embedding_quality`
@@ -211,6 +212,28 @@ def read_training_log(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFra
     if steps.empty:
         raise ArtifactError(f"training log {path} has no step rows")
     return steps, epochs, lr_columns
+
+
+# ---- collapse.csv ------------------------------------------------------------------------------------------
+
+COLLAPSE_COLUMNS = ("stage", "epoch", "layer", "metric", "value", "images")
+
+
+def write_collapse(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Neural-collapse statistics through fine-tuning, one row per (stage, epoch, layer, metric)."""
+    _write_rows(path, COLLAPSE_COLUMNS, rows)
+
+
+def read_collapse(path: str | os.PathLike) -> pd.DataFrame:
+    """collapse.csv with one value per (stage, epoch, layer, metric), in training order."""
+    table = _read_csv(path, COLLAPSE_COLUMNS, "collapse statistics")
+    keys = ["stage", "epoch", "layer", "metric"]
+    repeated = table[table.duplicated(keys)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        raise ArtifactError(f"collapse statistics {path} hold stage {first['stage']} epoch {first['epoch']} "
+                            f"{first['layer']} {first['metric']} more than once")
+    return table.sort_values(["stage", "epoch"], kind="stable").reset_index(drop=True)
 
 
 # ---- tables: baseline, classifiers, embedding quality -------------------------------------------------------

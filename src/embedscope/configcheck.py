@@ -11,7 +11,8 @@ from its listing, which the workflow makes at DAG time anyway):
   :func:`embedscope.tsne.effective_perplexity`), trustworthiness (k < n / 2 of the points it runs on: the t-SNE
   points, or ``metrics.max_quality_points`` of them) and the 2-D and classifier kNN (k below the points they
   vote among: every t-SNE point, and the train split);
-- kymatio's scattering transform (2^J no larger than the image side).
+- kymatio's scattering transform (2^J no larger than the image side);
+- fine-tuning's neural-collapse statistics (``finetune.collapse_points``: a train image of every class).
 """
 
 from __future__ import annotations
@@ -252,6 +253,11 @@ def _dataset_problems(dataset: str, settings: Mapping[str, Any], plan: DatasetPl
     if "knn" in config["metrics"]["classifiers"] and plan.n_train is not None and k > plan.n_train:
         problems.append(f"metrics.knn_k = {k}: the knn classifier is fitted on {key}'s {plan.n_train} train images; "
                         f"allowed at most {plan.n_train} (or leave knn out of metrics.classifiers)")
+    points = config["finetune"]["collapse_points"]
+    classes = TORCHVISION_CLASSES if settings["source"] != "imagefolder" else None  # a folder's: at ingest
+    if "resnet18_finetuned" in config["extractors"] and points is not None and classes and points < classes:
+        problems.append(f"finetune.collapse_points = {points}: the collapse statistics need a train image of "
+                        f"each of {key}'s {classes} classes; allowed at least {classes}")
     J = config["scattering"]["J"]
     if "scattering" in config["extractors"] and plan.image_side is not None and 2**J > min(plan.image_side):
         height, width = plan.image_side

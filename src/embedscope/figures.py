@@ -24,9 +24,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from embedscope.artifacts import (  # noqa: E402
     read_classifiers,
+    read_collapse,
     read_embedding_quality,
     read_predictions,
     read_training_log,
@@ -505,6 +507,75 @@ def plot_training(training_log, loss_png, lr_png, *, dataset: str, dpi: int = 10
             f"stage 2 (all layers) {epochs_text(n2)}")
     save_figure(draw_training_loss(steps, epochs, f"{head}\nloss per step{final}"), loss_png, dpi)
     save_figure(draw_training_lr(steps, lr_columns, f"{head}\none-cycle learning rate per layer group"), lr_png, dpi)
+
+
+# (metric, panel title, whether the panel shows 1 - value): NC4's agreement is drawn as the mismatch that
+# Papyan, Han & Donoho plot, so every panel falls towards 0 as the network collapses.
+COLLAPSE_PANELS = (
+    ("nc1", "NC1: tr(S_W S_B⁺) / C", False),
+    ("nc2_equinorm", "NC2 equinorm: std/mean of ||μ_c − μ_G||", False),
+    ("nc2_equiangularity", "NC2 equiangularity: std of cos(μ_c, μ_c')", False),
+    ("nc2_maxangle", "NC2 max-angle: mean |cos + 1/(C−1)|", False),
+    ("nc3_self_duality", "NC3 self-duality: ||W/||W|| − M/||M||||²", False),
+    ("nc4_ncc_agreement", "NC4: 1 − agreement with nearest class centre", True),
+)
+
+
+PLAIN_TICKS = FuncFormatter(lambda value, _: f"{value:.3g}")
+
+
+def draw_collapse(table: pd.DataFrame, title: str) -> Figure:
+    """One panel per statistic against the epoch counted over both stages, one line per layer, log scale
+    where every value is positive; stage 2 shaded from its first epoch."""
+    fig = Figure(figsize=(14, 8), layout="constrained")
+    axes = fig.subplots(2, 3, squeeze=False).flat
+    epochs = table[["stage", "epoch"]].drop_duplicates().sort_values(["stage", "epoch"], kind="stable")
+    number = {(int(s), int(e)): i + 1 for i, (s, e) in enumerate(epochs.itertuples(index=False))}
+    x_all = table.apply(lambda r: number[(int(r["stage"]), int(r["epoch"]))], axis=1) if len(table) else []
+    table = table.assign(x=x_all)
+    layers = list(dict.fromkeys(table["layer"]))
+    colors = dict(zip(layers, class_colors(max(2, len(layers))), strict=False))
+    stage2 = [number[k] for k in number if k[0] == 2]
+    for ax, (metric, label, complement) in zip(axes, COLLAPSE_PANELS, strict=True):
+        rows = table[table["metric"] == metric]
+        for layer in layers:
+            line = rows[rows["layer"] == layer]
+            if line.empty:
+                continue
+            y = line["value"].to_numpy(dtype=np.float64)
+            ax.plot(line["x"], 1.0 - y if complement else y, "o-", color=colors[layer], linewidth=1.8, label=layer)
+        values = (1.0 - rows["value"] if complement else rows["value"]).to_numpy(dtype=np.float64)
+        if len(values) and np.all(values[np.isfinite(values)] > 0):
+            ax.set_yscale("log")
+            # plain numbers: over a narrow range the log axis labels its minor ticks as "1.1 x 10^0"
+            ax.yaxis.set_major_formatter(PLAIN_TICKS)
+            ax.yaxis.set_minor_formatter(PLAIN_TICKS)
+        if stage2 and len(number) > len(stage2):
+            ax.axvspan(min(stage2) - 0.5, max(stage2) + 0.5, color="0.93", zorder=0)
+            ax.axvline(min(stage2) - 0.5, color="0.3", linestyle="--", linewidth=1.2)
+        if rows.empty:
+            ax.text(0.5, 0.5, "not measured for these layers", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel("epoch (both stages)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles = [Line2D([], [], color=colors[layer], marker="o", linewidth=1.8, label=layer) for layer in layers]
+    if stage2 and len(number) > len(stage2):
+        handles.append(Patch(color="0.93", label=f"stage 2 (all layers unfrozen) from epoch {min(stage2)}"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def plot_collapse(collapse_csv, output, *, dataset: str, dpi: int = 100) -> None:
+    """The neural-collapse statistics of every fine-tuning epoch (:mod:`embedscope.collapse`)."""
+    table = read_collapse(collapse_csv)
+    train = table.loc[table["metric"] != "nc4_ncc_agreement", "images"]
+    test = table.loc[table["metric"] == "nc4_ncc_agreement", "images"]
+    sample = f"class means of {int(train.iloc[0]):,} train images" if len(train) else "no train statistics"
+    if len(test):
+        sample += f", NC4 on {int(test.iloc[0]):,} test images"
+    title = f"{dataset}: neural collapse through fine-tuning (ResNet-18)\n{sample}"
+    save_figure(draw_collapse(table, title), output, dpi)
 
 
 def draw_top_losses(rows: pd.DataFrame, images: np.ndarray, class_names: Sequence[str], title: str) -> Figure:

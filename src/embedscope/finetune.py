@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedscope.artifacts import write_predictions, write_training_log
+from embedscope.artifacts import write_collapse, write_predictions, write_training_log
 from embedscope.checkpoint import default_resume_path, load_resume, remove_resume, save_checkpoint, save_resume
+from embedscope.collapse import collapse_rows, collapse_statistics
+from embedscope.datasets import stratified_subsample
 from embedscope.layers import BODY_LAYERS, LR_GROUP_NAMES
 from embedscope.resnet import FinetunedResNet18, FinetuneError, preprocess
 from embedscope.runtime import compute_environment, progress
@@ -52,9 +54,12 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "moms": [0.95, 0.85],
     "weight_decay": 0.01,
     "mixed_precision": True,
+    "collapse_points": 1000,
 }
 ADAM_BETA2 = 0.99  # fastai v1's Adam betas are (0.9, 0.99); beta1 is cycled by the schedule
 BODY_FRONT = BODY_LAYERS[:6]  # conv1 .. layer2 (fastai's resnet split at layer3)
+# The layers whose neural collapse is followed through training: the body's last and the last linear layer's input.
+COLLAPSE_LAYERS = ("layer4", "head_hidden")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -364,27 +369,85 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(model, criterion, data_loader, device: str, mixed_precision: bool | str | torch.dtype = False,
-             resize: int | None = None) -> dict[str, Any]:
+             resize: int | None = None, layers: Sequence[str] = (), desc: str = "evaluate") -> dict[str, Any]:
     """Loss and accuracy over ``data_loader``'s uint8 batches (eval mode), with per-sample probabilities and
-    losses; under autocast (:func:`amp_dtype`) when ``mixed_precision`` says so."""
+    losses; under autocast (:func:`amp_dtype`) when ``mixed_precision`` says so.
+
+    ``layers`` (of :meth:`FinetunedResNet18.forward_with_layers`) are returned too, float32 (N, D) each, under
+    ``"layers"``; asking for them leaves every other number as it is.
+    """
     model.eval()
     probs, losses, labels = [], [], []
+    kept: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     per_sample = nn.CrossEntropyLoss(reduction="none")
-    for images, targets in progress(data_loader, desc="evaluate", total=len(data_loader)):
+    for images, targets in progress(data_loader, desc=desc, total=len(data_loader)):
         images, targets = to_device_batch(images, targets, device, resize)
         with _autocast(device, mixed_precision):
-            logits = model(images).float()
+            if layers:
+                logits, outputs = model.forward_with_layers(images)
+                for layer in layers:
+                    kept[layer].append(outputs[layer].float().cpu())
+            else:
+                logits = model(images)
+            logits = logits.float()
         losses.append(per_sample(logits, targets).cpu())
         probs.append(torch.softmax(logits, 1).cpu())
         labels.append(targets.cpu())
     probs_t, losses_t, labels_t = torch.cat(probs), torch.cat(losses), torch.cat(labels)
-    return {
+    result = {
         "loss": float(losses_t.mean()),
         "accuracy": float((probs_t.argmax(1) == labels_t).float().mean()),
         "probs": probs_t.numpy(),
         "losses": losses_t.numpy(),
         "labels": labels_t.numpy(),
     }
+    if layers:
+        result["layers"] = {layer: torch.cat(kept[layer]).numpy() for layer in layers}
+    return result
+
+
+class CollapseProbe:
+    """Neural-collapse statistics (:mod:`embedscope.collapse`) of COLLAPSE_LAYERS at the end of an epoch.
+
+    The class means come from a fixed seeded stratified subsample of the train split (``finetune.collapse_points``
+    images, held as their own small uint8 copy), passed through the network in eval mode, so the statistics
+    neither draw random numbers nor move BatchNorm's running statistics: training is the same with or without
+    them. NC4 uses the epoch's test pass, which returns these layers beside the predictions.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, device: str):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n_classes = int(n_classes)
+        self.loader = make_loader(np.ascontiguousarray(images), self.labels, batch_size, device=device)
+
+    def measure(self, model: FinetunedResNet18, test: Mapping[str, Any], device: str, amp, resize,
+                stage: int, epoch: int) -> list[dict[str, Any]]:
+        """This epoch's rows (stage, epoch, layer, metric, value); ``test`` is :func:`evaluate`'s result of the
+        test split with COLLAPSE_LAYERS."""
+        train = evaluate(model, None, self.loader, device, amp, resize, layers=COLLAPSE_LAYERS, desc="collapse")
+        test_predictions = test["probs"].argmax(1)
+        weights = model.head.fc2.weight.detach().float().cpu().numpy()
+        statistics = {
+            layer: collapse_statistics(
+                train["layers"][layer], self.labels, self.n_classes, test["layers"][layer], test_predictions,
+                weights=weights if layer == "head_hidden" else None,
+            )
+            for layer in COLLAPSE_LAYERS
+        }
+        return collapse_rows(stage, epoch, statistics, len(self.labels), len(test_predictions))
+
+
+def collapse_probe(data: ImageSplits, recipe: Mapping[str, Any], seed: int, device: str) -> CollapseProbe:
+    """The probe on ``finetune.collapse_points`` train images (all of them when null), stratified, seeded."""
+    labels = data.labels_of("train")
+    n_classes = len(data.class_names)
+    points = recipe["collapse_points"]
+    if points is not None and points < n_classes:
+        raise FinetuneError(f"config key 'finetune.collapse_points' is {points}; the collapse statistics need "
+                            f"at least one train image of each of the {n_classes} classes")
+    keep = stratified_subsample(labels, points, seed)
+    return CollapseProbe(data.images["train"][keep], labels[keep], n_classes, max(recipe["batch_size"], 256),
+                         device)
 
 
 # ---------------------------------------------------------------------------------------------------- fit
@@ -412,8 +475,10 @@ def _start_stage(model, recipe: Mapping[str, Any], stage: int, total_steps: int,
 
 def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device: str,
                amp: torch.dtype | None, resize: int | None, stage: int, epoch: int, seed: int,
-               rows: list[dict[str, Any]]) -> None:
-    """Train one epoch and evaluate; append its step rows and its epoch row to ``rows``."""
+               rows: list[dict[str, Any]], probe: CollapseProbe | None = None,
+               collapse: list[dict[str, Any]] | None = None) -> None:
+    """Train one epoch and evaluate; append its step rows and its epoch row to ``rows`` and, with ``probe``,
+    its collapse statistics to ``collapse``."""
     torch.manual_seed(_epoch_seed(seed, stage, epoch))  # dropout masks: same on a resumed run
     train_loader.batch_sampler.set_seed(_epoch_seed(seed, stage, epoch))
     start = time.perf_counter()
@@ -427,7 +492,10 @@ def _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, tes
 
     train_loss = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, scheduler, scaler,
                                  on_step, amp, desc=f"stage {stage}", resize=resize)
-    result = evaluate(model, criterion, test_loader, device, amp, resize)
+    result = evaluate(model, criterion, test_loader, device, amp, resize,
+                      layers=COLLAPSE_LAYERS if probe is not None else ())
+    if probe is not None:
+        collapse.extend(probe.measure(model, result, device, amp, resize, stage, epoch))
     rows.append({"kind": "epoch", "stage": stage, "epoch": epoch, "step": step - 1, "train_loss": train_loss,
                  "test_loss": result["loss"], "test_accuracy": result["accuracy"]})
     log.info(
@@ -452,9 +520,11 @@ def fit(
     digest: str = "",
     on_epoch_end: Callable[[int, int], None] | None = None,
     resize: int | None = None,
+    probe: CollapseProbe | None = None,
 ) -> dict[str, Any]:
     """Run both stages on :func:`make_loader`'s loaders (the train one shuffled with a :class:`SeededBatchSampler`,
-    reseeded every epoch); return the training-log ``rows`` and the last optimizer/scheduler/scaler states.
+    reseeded every epoch); return the training-log ``rows``, the ``collapse`` rows (with ``probe``) and the last
+    optimizer/scheduler/scaler states.
 
     ``on_epoch_end(stage, epoch)`` runs after the resume file of that epoch is written (tests raise from it).
     """
@@ -464,10 +534,12 @@ def fit(
     criterion = nn.CrossEntropyLoss()
     state = load_resume(resume_path, digest)
     rows: list[dict[str, Any]] = [] if state is None else list(state["rows"])
+    collapse: list[dict[str, Any]] = [] if state is None else list(state.get("collapse", []))
     done = (0, -1) if state is None else (int(state["stage"]), int(state["epoch"]))  # last finished
     if state is not None:
         model.load_state_dict(state["model"])
     last = {key: (state or {}).get(key) for key in ("optimizer", "scheduler", "scaler")}
+    last["collapse"] = collapse
     last.update(stage=done[0], epoch=done[1])
     for stage, epochs in ((1, recipe["stage1_epochs"]), (2, recipe["stage2_epochs"])):
         if epochs == 0 or (stage, epochs - 1) <= done:
@@ -477,9 +549,9 @@ def fit(
                                                     amp == torch.float16, resumed)
         for epoch in range(0 if resumed is None else done[1] + 1, epochs):
             _run_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, test_loader, device, amp,
-                       resize, stage, epoch, seed, rows)
+                       resize, stage, epoch, seed, rows, probe, collapse)
             last = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "stage": stage, "epoch": epoch}
+                    "scaler": scaler.state_dict(), "stage": stage, "epoch": epoch, "collapse": collapse}
             if resume_path is not None:
                 save_resume(resume_path, model, last, rows, digest, recipe["lr_groups"])
             if on_epoch_end is not None:
@@ -546,6 +618,7 @@ def finetune_resnet18(
     model_path: str | Path,
     log_path: str | Path,
     predictions_path: str | Path,
+    collapse_path: str | Path | None = None,
     *,
     finetune: Mapping[str, Any] | None = None,
     resnet18: Mapping[str, Any] | None = None,
@@ -557,7 +630,8 @@ def finetune_resnet18(
     on_epoch_end: Callable[[int, int], None] | None = None,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Train on the store's train split, evaluate on its test split; write checkpoint, log and predictions.
+    """Train on the store's train split, evaluate on its test split; write checkpoint, log and predictions and,
+    with ``collapse_path``, the neural-collapse statistics of every epoch (:class:`CollapseProbe`).
 
     ``workers``: loader processes on CUDA (the rule's threads); the CPU loads in the training process.
     """
@@ -568,6 +642,7 @@ def finetune_resnet18(
     train_loader, test_loader = _loaders(data, recipe["batch_size"], seed, device, workers)
     digest = config_digest({**config, "data": fingerprint})
     resume_path = default_resume_path(model_path) if resume_path is None else Path(resume_path)
+    probe = collapse_probe(data, recipe, seed, device) if collapse_path is not None else None
     model = FinetunedResNet18(len(data.class_names), weights, resources, seed=seed)
     log.info(
         "fine-tuning ResNet-18 (%s) on %s: %d train / %d test images, %d classes, device %s, %d loader workers",
@@ -580,7 +655,8 @@ def finetune_resnet18(
         train_loader.num_workers,
     )
     start = time.perf_counter()
-    state = fit(model, train_loader, test_loader, recipe, device, seed, resume_path, digest, on_epoch_end, resize)
+    state = fit(model, train_loader, test_loader, recipe, device, seed, resume_path, digest, on_epoch_end, resize,
+                probe)
     seconds = time.perf_counter() - start
     # The final pass runs in fp32 whatever the training precision: predictions.csv must hold what the softmax
     # layer of the fine-tuned feature store (always an fp32 pass) holds, argmax ties included.
@@ -592,5 +668,7 @@ def finetune_resnet18(
     save_checkpoint(model_path, model, state, data.class_names, config, digest, result, seconds, compute)
     write_training_log(log_path, state["rows"], recipe["lr_groups"])
     write_predictions(predictions_path, data.index["test"], result["labels"], result["probs"], result["losses"])
+    if collapse_path is not None:
+        write_collapse(collapse_path, state["collapse"])
     remove_resume(resume_path)
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "train_seconds": seconds}

@@ -317,6 +317,9 @@ HEAD_PARAMS = 2 * 1024 + 1024 * 512 + 512 + 2 * 512  # BatchNorm1d(1024), fc1, B
 # 1,130 MB peak, scattering 1,038 MB, fine-tuning 1,195-1,199 MB in stage 1, against ~1,000 MB for the imports.
 INFERENCE_FLOATS_PER_PIXEL = {"resnet18": 100, "scattering": 100}
 TRAINING_FLOATS_PER_PIXEL = 300
+# The collapse probe keeps layer4's pooled 512 values and head_hidden's 512 per image, float32, twice over while
+# the batches are concatenated.
+COLLAPSE_BYTES_PER_IMAGE = 2 * (512 + 512) * 4
 # CPU seconds on 2 threads, before TIME_HEADROOM: per image (batch overheads, which dominate at 28x28: the full
 # MNIST resnet18 extraction ran at 94 images/s, 10.7 ms per image, on this 2-core machine under load) plus per
 # input pixel (which dominates at 224x224; scattering: 31 ms per 28x28 image under load, 40 ns per pixel)
@@ -393,17 +396,22 @@ def extraction_resources(extent: Extent, extractor: str, batch_size: int, scatte
 
 
 def finetune_resources(extent: Extent, batch_size: int, stage1_epochs: int, stage2_epochs: int, *,
-                       resize: int | None = None, cuda: bool = False, workers: int = 0) -> dict[str, int]:
-    """``{"mem_mb", "runtime"}`` of fine-tuning. With P = H' x W' (after resize), B the batch, E the epochs:
+                       resize: int | None = None, cuda: bool = False, workers: int = 0, collapse_train: int = 0,
+                       collapse_test: int = 0) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of fine-tuning. With P = H' x W' (after resize), B the batch, E the epochs,
+    and the neural-collapse probe's ``collapse_train`` train images (and the ``collapse_test`` test images
+    whose layers it keeps):
 
     held = N x H x W x C (the one uint8 copy of the train and test images) + N x 32 B (labels, index, split,
            predictions) + 6 x 4 B x params (weights, gradients, Adam's two moments, the resume file's copy of
            both) + B x TRAINING_FLOATS_PER_PIXEL x P x 4 B (a training step) + max(B, 256) x (3 +
-           INFERENCE_FLOATS_PER_PIXEL) x P x 4 B (an evaluation batch) + CHUNK_MB (the chunk being read);
+           INFERENCE_FLOATS_PER_PIXEL) x P x 4 B (an evaluation batch) + CHUNK_MB (the chunk being read)
+           + collapse_train x H x W x C (the probe's own copy of its images) + (collapse_train + collapse_test)
+           x COLLAPSE_BYTES_PER_IMAGE (their layer4 and head_hidden features, batches and concatenation);
     mem_mb = TORCH_BASE_MB (+ CUDA_HOST_MB + workers x WORKER_MB on CUDA) + TORCH_HEADROOM x held / 1e6;
-    runtime = 10 + TIME_HEADROOM x (E x N x (t_training + t_resnet18) + N x t_resnet18) / 60 minutes, rounded
-    up, with t = SECONDS_PER_IMAGE + P x SECONDS_PER_PIXEL (every image trained and evaluated each epoch: a
-    bound for any train/test split; the CPU rate).
+    runtime = 10 + TIME_HEADROOM x (E x N x (t_training + t_resnet18) + E x collapse_train x t_resnet18
+    + N x t_resnet18) / 60 minutes, rounded up, with t = SECONDS_PER_IMAGE + P x SECONDS_PER_PIXEL (every image
+    trained and evaluated each epoch: a bound for any train/test split; the CPU rate).
     """
     n, batch = extent.n_images, int(batch_size)
     pixels = _network_pixels(extent, "resnet18", resize)
@@ -411,8 +419,11 @@ def finetune_resources(extent: Extent, batch_size: int, stage1_epochs: int, stag
     held = (n * _pixels(extent.image_shape) + n * 32 + 6 * 4 * params
             + batch * TRAINING_FLOATS_PER_PIXEL * pixels * 4
             + max(batch, 256) * (3 + INFERENCE_FLOATS_PER_PIXEL["resnet18"]) * pixels * 4
-            + CHUNK_MB * 1_000_000)
+            + CHUNK_MB * 1_000_000
+            + int(collapse_train) * _pixels(extent.image_shape)
+            + (int(collapse_train) + int(collapse_test)) * COLLAPSE_BYTES_PER_IMAGE)
     epochs = int(stage1_epochs) + int(stage2_epochs)
     inference = _per_image("resnet18", pixels)
-    seconds = n * (epochs * (_per_image("training", pixels) + inference) + inference)
+    seconds = (n * (epochs * (_per_image("training", pixels) + inference) + inference)
+               + epochs * int(collapse_train) * inference)
     return _resources(held, seconds, cuda, extra_mb=max(0, int(workers)) * WORKER_MB if cuda else 0)

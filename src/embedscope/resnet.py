@@ -214,17 +214,23 @@ class FinetunedResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
-    def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The four stored layers (FINETUNED_LAYERS) of one batch; call in eval mode."""
+    def forward_with_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits (the same operations as :meth:`forward`, so the same numbers) and the body's and head's
+        layers of one batch: layer4's map pooled over space, head_pool and head_hidden (the last linear layer's
+        input), in the batch's dtype."""
         h = self.head
         fmap = self.body(x)
         pooled = h.drop1(h.bn1(h.flatten(h.pool(fmap))))
         hidden = h.drop2(h.bn2(h.relu(h.fc1(pooled))))
-        logits = h.fc2(hidden)
+        return h.fc2(hidden), {"layer4": fmap.float().mean(dim=(2, 3)), "head_pool": pooled, "head_hidden": hidden}
+
+    def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four stored layers (FINETUNED_LAYERS) of one batch; call in eval mode."""
+        logits, layers = self.forward_with_layers(x)
         return {
-            "layer4": fmap.float().mean(dim=(2, 3)),
-            "head_pool": pooled.float(),
-            "head_hidden": hidden.float(),
+            "layer4": layers["layer4"],
+            "head_pool": layers["head_pool"].float(),
+            "head_hidden": layers["head_hidden"].float(),
             "softmax": torch.softmax(logits.float(), dim=1),
         }
 
