@@ -104,6 +104,7 @@ rule layer_similarity:
         stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
     output:
         csv=report_entry(CKA_TABLE, "cka", "Metrics", table="layer similarity (CKA)"),
+        md=f"{METRICS}/cka.md",
     params:
         extractors=EXTRACTORS,
         points=config["metrics"]["cka_points"],

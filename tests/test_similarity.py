@@ -175,9 +175,13 @@ def test_the_table_equals_the_in_memory_computation(stores, block_bytes):
 
 
 def test_the_csv_round_trips_and_bad_tables_are_refused(stores, tmp_path):
-    csv = tmp_path / "cka.csv"
-    table = compute_cka(stores["data"], ["scattering"], [stores["paths"]["scattering"]], csv, "toy", n_points=6)
+    csv, md = tmp_path / "cka.csv", tmp_path / "cka.md"
+    table = compute_cka(stores["data"], ["scattering"], [stores["paths"]["scattering"]], csv, md, dataset="toy",
+                        n_points=6, seed=4)
     assert read_cka(csv).equals(table)
+    text = md.read_text()
+    assert text.startswith("# Layer similarity on toy") and "plain (biased)" in text and "n = 6 test images" in text
+    assert "| pixels     |   1.0000 |" in text and "scattering |" in text
     table.iloc[1:].to_csv(tmp_path / "partial.csv", index=False)
     read_cka(tmp_path / "partial.csv")  # a missing pair is not the reader's business; a repeated one is
     table.iloc[[0, 0, 1, 2, 3]].to_csv(tmp_path / "twice.csv", index=False)

@@ -11,6 +11,7 @@ compute_cka(
     snakemake.params.extractors,
     list(snakemake.input.stores),
     snakemake.output.csv,
+    snakemake.output.md,
     dataset=snakemake.wildcards.dataset,
     n_points=snakemake.params.points,
     seed=snakemake.params.seed,

@@ -15,6 +15,7 @@ file                                          writer                            
 ``metrics/{ds}/classifiers.{csv,md}``         :func:`write_table`                    :func:`read_classifiers`
 ``metrics/{ds}/embedding_quality.{csv,md}``   :func:`write_table`                    :func:`read_embedding_quality`
 ``metrics/{ds}/cka.csv``                      :func:`write_table`                    :func:`read_cka`
+``metrics/{ds}/cka.md`` (the matrix)          :func:`write_text`                     (people)
 any PNG figure                                :func:`save_figure`                    (images)
 ``explorer/{ds}.html``                        :func:`write_text`                     (a browser)
 ============================================  =====================================  ==========================

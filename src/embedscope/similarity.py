@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedscope.artifacts import CKA_COLUMNS, write_table
+from embedscope.artifacts import CKA_COLUMNS, markdown_table, write_table, write_text
 from embedscope.layers import EXTRACTOR_LAYERS
 
 log = logging.getLogger("embedscope.similarity")
@@ -183,9 +183,29 @@ def cka_matrix(table: pd.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray]:
     return names, matrix
 
 
-def compute_cka(image_store, extractors, feature_stores, csv_path, dataset: str = "", n_points: int | None = 2000,
-                seed: int = 0, threads: int = 1) -> pd.DataFrame:
-    """Write cka.csv (the workflow's layer_similarity rule)."""
+def wide_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """The CKA table as a matrix, one row and one column per ``features:layer`` (pixels as ``pixels``)."""
+    names, matrix = cka_matrix(table)
+    labels = [layer if features == layer else f"{features}:{layer}" for features, layer in names]
+    return pd.DataFrame(matrix, index=pd.Index(labels, name="CKA"), columns=labels).reset_index()
+
+
+def compute_cka(image_store, extractors, feature_stores, csv_path, md_path=None, dataset: str = "",
+                n_points: int | None = 2000, seed: int = 0, threads: int = 1) -> pd.DataFrame:
+    """Write cka.csv (every ordered pair, long form) and cka.md (the matrix, with notes): the workflow's
+    layer_similarity rule."""
     table = cka_table(image_store, extractors, feature_stores, dataset, n_points, seed, threads)
     write_table(table, csv_path)
+    if md_path is not None:
+        n = int(table["n"].iloc[0]) if len(table) else 0
+        notes = [
+            f"{CKA_VARIANT}: <Kc, Lc>_F / (||Kc||_F ||Lc||_F) with Kc, Lc the Gram matrices of the column-centred "
+            "features; 1 = the same representation up to an orthogonal transform and a scale, 0 = unrelated; "
+            "biased upwards for few images in many dimensions, so compare values at the same n.",
+            f"On n = {n} test images, a seeded stratified subsample (metrics.cka_points = {n_points}, seed {seed}; "
+            "the whole test split where it is smaller), the same images for every layer; pixels are the raw "
+            "images / 255.",
+        ]
+        write_text(md_path, markdown_table(wide_matrix(table), f"Layer similarity on {dataset or 'the dataset'}",
+                                           notes))
     return table
