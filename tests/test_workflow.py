@@ -94,7 +94,7 @@ def test_layer_similarity_table_and_heatmap(small_run):
     names, matrix = cka_matrix(table)
     assert names == sets and set(table["n"]) == {SMALL_CONFIG["datasets"][DS]["n_test"]}
     assert np.array_equal(matrix, matrix.T) and np.all(np.diag(matrix) == 1.0)
-    assert np.all((matrix >= 0) & (matrix <= 1))
+    assert np.all((matrix >= 0) & (matrix <= 1 + 1e-12))  # Cauchy-Schwarz, up to rounding
     assert (results / f"figures/{DS}/cka.png").stat().st_size > 0
     assert "plain (biased)" in (results / f"metrics/{DS}/cka.md").read_text()
 

@@ -688,13 +688,15 @@ def draw_cka(names: Sequence[tuple[str, str]], matrix: np.ndarray, title: str,
         if first > 0:
             ax.axhline(first - 0.5, color="white", lw=2)
             ax.axvline(first - 0.5, color="white", lw=2)
+        if len(members) == 1 and names[first][1] == group and group not in labels:
+            continue  # a one-layer set named like its layer (pixels, scattering): the tick label says it
         middle = (first + last) / 2
         text = labels.get(group, group)
         ax.annotate(text, xy=(middle, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
                     textcoords="offset points", ha="center", va="bottom", fontsize=8, fontweight="bold")
-        ax.annotate(text, xy=(1.0, middle), xycoords=("axes fraction", "data"), xytext=(4, 0),
-                    textcoords="offset points", ha="left", va="center", fontsize=8, fontweight="bold",
-                    rotation=-90)
+        ax.annotate(text.replace(" (", "\n("), xy=(1.0, middle), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", ha="left", va="center", fontsize=8,
+                    fontweight="bold", rotation=-90)
     if count <= 24:
         for (i, j), value in np.ndenumerate(matrix):
             if np.isfinite(value):
@@ -713,8 +715,8 @@ def plot_cka(cka_csv, output, *, dataset: str = "", dpi: int = 100, weights: str
     n = sorted({int(v) for v in table["n"]})
     groups = dict.fromkeys(features for features, _ in names)
     # the ResNet-18 blocks carry their weights (random in the default study); pixels and scattering have none
-    labels = {group: group if group in ("pixels", "scattering") else f"{group} ({weights_label(group, weights)})"
-              for group in groups}
+    labels = {group: f"{group} ({weights_label(group, weights)})" for group in groups
+              if group not in ("pixels", "scattering")}
     title = (f"{dataset}: layer similarity, {CKA_VARIANT}\n"
              f"n = {', '.join(map(str, n))} test images (seeded stratified subsample), the same for every layer")
     save_figure(draw_cka(names, matrix, title, labels), output, dpi)
