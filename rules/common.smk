@@ -1,6 +1,7 @@
 # Helpers shared by all rule files (config validation, wildcard values, target lists); no rules here.
 
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from embedscope.gpus import candidate_devices  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
 from embedscope.footprint import (  # noqa: E402
     baseline_resources,
+    cka_resources,
     classifier_resources,
     dataset_extent,
     embedding_resources,
@@ -53,6 +55,8 @@ TSNE_META = "results/tsne/{dataset}/{extractor}/{layer}.json"
 FIGURES = "results/figures/{dataset}"
 METRICS = "results/metrics/{dataset}"
 EXPLORER = "results/explorer/{dataset}.html"
+CKA_TABLE = "results/metrics/{dataset}/cka.csv"
+CKA_FIGURE = "results/figures/{dataset}/cka.png"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
@@ -239,6 +243,13 @@ def embedding_size(wildcards, threads):
                                config["metrics"]["max_quality_points"], threads)
 
 
+def cka_size(wildcards, threads):
+    """Resources of layer_similarity: the raw pixels' width (H W C) beside every layer's."""
+    n_train, n_test = splits_of(wildcards.dataset)
+    widths = [math.prod(extent_of(wildcards.dataset).image_shape), *widths_of(wildcards.dataset).values()]
+    return cka_resources(n_train + n_test, n_test, config["metrics"]["cka_points"], widths, threads)
+
+
 def tsne_size(wildcards, threads):
     width = widths_of(wildcards.dataset)[wildcards.extractor, wildcards.layer]
     settings = config["tsne"]
@@ -381,6 +392,8 @@ def metrics_targets():
             f"{METRICS}/embedding_quality.md",
             f"{FIGURES}/metrics/accuracy_by_layer.png",
             f"{FIGURES}/metrics/depth.png",
+            CKA_TABLE,
+            CKA_FIGURE,
         ],
         dataset=DATASETS,
     )

@@ -1,9 +1,13 @@
 # Metric tables: classifiers on raw pixels and every (extractor, layer), plus the class-mean baseline and the
-# fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures.
+# fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures; linear CKA between
+# every pair of layers (and pixels) and its heatmap.
 
 # The metrics settings each table reads, so that a setting reruns only the table it changes.
 EMBEDDING_KEYS = ("knn_k", "trustworthiness_k", "max_quality_points")
-CLASSIFIER_SETTINGS = {k: v for k, v in config["metrics"].items() if k not in EMBEDDING_KEYS[1:]}
+SIMILARITY_KEYS = ("cka_points",)
+CLASSIFIER_SETTINGS = {
+    k: v for k, v in config["metrics"].items() if k not in (*EMBEDDING_KEYS[1:], *SIMILARITY_KEYS)
+}
 EMBEDDING_SETTINGS = {k: config["metrics"][k] for k in EMBEDDING_KEYS}
 
 
@@ -91,3 +95,49 @@ rule plot_metrics:
         ENV
     script:
         "../workflow_scripts/plot_metrics.py"
+
+
+# Linear CKA reads the stores only; its figure rule alone sees the dpi and the weights (named in the heatmap).
+rule layer_similarity:
+    input:
+        images=IMAGES,
+        stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
+    output:
+        csv=report_entry(CKA_TABLE, "cka", "Metrics", table="layer similarity (CKA)"),
+        md=f"{METRICS}/cka.md",
+    params:
+        extractors=EXTRACTORS,
+        points=config["metrics"]["cka_points"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/metrics/{{dataset}}/cka.log",
+    benchmark:
+        f"{BENCHMARKS}/metrics/{{dataset}}/cka.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda w, threads: cka_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: cka_size(w, threads)["runtime"],
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/compute_cka.py"
+
+
+rule plot_cka:
+    input:
+        csv=CKA_TABLE,
+    output:
+        png=report_entry(CKA_FIGURE, "cka_heatmap", "Metrics", figure="layer similarity (CKA)"),
+    params:
+        dpi=config["figures"]["dpi"],
+        weights=config["resnet18"]["weights"],
+    log:
+        f"{LOGS}/figures/{{dataset}}/cka.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/plot_cka.py"

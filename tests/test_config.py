@@ -103,11 +103,16 @@ def keyword_defaults(function, section):
 
 def test_defaults_repeated_in_code_equal_the_schemas():
     """Code that fills in defaults for callers that pass only part of a section agrees with the schema."""
-    from embedscope import metrics, tsne
+    import inspect
+
+    from embedscope import metrics, similarity, tsne
     from embedscope.finetune import FINETUNE_DEFAULTS
 
     assert FINETUNE_DEFAULTS == schema_defaults("finetune")
-    assert metrics.DEFAULTS == schema_defaults("metrics")
+    metrics_defaults = schema_defaults("metrics")
+    assert metrics.DEFAULTS == {k: v for k, v in metrics_defaults.items() if k != "cka_points"}
+    for function in (similarity.cka_table, similarity.compute_cka):  # the CKA table's own key
+        assert inspect.signature(function).parameters["n_points"].default == metrics_defaults["cka_points"]
     tsne_defaults = schema_defaults("tsne")
     for function in (tsne.run_tsne, tsne.embed_tsne):
         repeated = keyword_defaults(function, "tsne")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.text import Text
+from matplotlib.text import Annotation, Text
 from PIL import Image
 
 from embedscope import figures
@@ -287,3 +287,25 @@ def test_no_overlapping_text(files):
     assert_no_overlap(figures.draw_top_losses(preds, images, CLASSES, "toy: top losses"))
     counts = figures.confusion_counts(preds["label"], preds["pred"], 10)
     assert_no_overlap(figures.draw_confusion(counts, CLASSES, "toy: confusion\nline two"), ignore_cells=True)
+
+
+def test_cka_heatmap(tmp_path):
+    from embedscope.artifacts import CKA_COLUMNS, write_table
+
+    sets = [("pixels", "pixels", 36), ("resnet18", "conv1", 64), ("resnet18", "layer1", 64),
+            ("resnet18_finetuned", "layer4", 512)]
+    matrix = np.array([[1.0, 0.4, 0.3, np.nan], [0.4, 1.0, 0.9, np.nan], [0.3, 0.9, 1.0, np.nan],
+                       [np.nan, np.nan, np.nan, np.nan]])
+    rows = [{"dataset": "toy", "features_a": fa, "layer_a": la, "D_a": da, "features_b": fb, "layer_b": lb,
+             "D_b": db, "n": 50, "cka": matrix[i, j]}
+            for i, (fa, la, da) in enumerate(sets) for j, (fb, lb, db) in enumerate(sets)]
+    csv = tmp_path / "cka.csv"
+    write_table(pd.DataFrame(rows, columns=CKA_COLUMNS), csv)
+    outs = render_twice(tmp_path, "cka", figures.plot_cka, csv, dataset="toy", dpi=60, weights="random")
+    check_png(*outs, (round(7.2 * 60), 6 * 60))  # 4 sets: the 6-inch minimum, plus 1.2 for the colour bar
+    fig = figures.draw_cka([s[:2] for s in sets], matrix, "title", {"resnet18": "resnet18 (random)"})
+    # a block label above and beside each extractor of several layers or a label of its own; none for pixels
+    blocks = [a.get_text() for a in fig.findobj(Annotation)]
+    assert blocks == ["resnet18 (random)", "resnet18\n(random)", "resnet18_finetuned", "resnet18_finetuned"]
+    texts = [t.get_text() for t in fig.findobj(Text)]
+    assert texts.count("0.90") == 2 and "nan" not in texts  # values in the cells, NaN cells left blank

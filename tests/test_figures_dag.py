@@ -51,3 +51,14 @@ def test_new_perplexity_reruns_only_tsne_and_what_reads_it(small_run, tmp_path):
     assert not forbidden & set(rules), sorted(forbidden & set(rules))
     expected_tsne = sum(len(EXTRACTOR_LAYERS[extractor]) for extractor in SMALL_CONFIG["extractors"])
     assert rules.count("embed_tsne") == expected_tsne
+
+
+def test_new_cka_points_reruns_only_the_layer_similarity_table_and_heatmap(small_run, tmp_path):
+    extra = tmp_path / "cka.yaml"
+    metrics = {**SMALL_CONFIG["metrics"], "cka_points": 150}
+    extra.write_text(f"metrics: {metrics}\n")
+    result = run_snakemake(small_run, "-n", "--configfile", str(small_run / "config.yaml"), str(extra))
+    rules, outputs = scheduled(result.stdout + result.stderr)
+    assert sorted(set(rules) - {"all"}) == ["layer_similarity", "plot_cka"] and len(rules) <= 3, rules
+    assert sorted(outputs) == [f"results/figures/{DATASET}/cka.png", f"results/metrics/{DATASET}/cka.csv",
+                               f"results/metrics/{DATASET}/cka.md"], outputs

@@ -204,3 +204,23 @@ def test_finetuning():
     #      = 515.8 MB -> 1,100 + ceil(1.5 x 515.8); + 9 epochs x 1,000 x 5.784 ms of inference: 10 + ceil(34.6)
     assert finetune_resources(MNIST5K, 128, 2, 7, collapse_train=1000, collapse_test=2000) == {
         "mem_mb": 1874, "runtime": 45}
+
+
+def test_cka_size_by_hand():
+    from embedscope import similarity
+    from embedscope.footprint import CKA_BLOCK_BYTES, cka_resources
+
+    assert CKA_BLOCK_BYTES == similarity.GRAM_BLOCK_BYTES
+    # the default study: pixels (784) and 13 layers, 2,000 of 2,000 test images, 5,000 rows:
+    # 15 x 8 x 2,000^2 (14 Grams and one product) + 4 x 2,000 x 3,969 + min(64 MiB, 8 x 2,000 x 3,969)
+    # + 5,000 x 24 + 16e6 = 591.4 MB -> 850 + ceil(1.25 x 591.4); 5 + ceil(1.25 x (10 + (2,000^2 x 7,519 x 1 ns
+    # + 98 x 2,000^2 x 1 ns) / 2 + 5,000 x 7,519 x 4 B / 100 MB/s) / 60)
+    widths = [784, 3969, *BODY_CHANNELS.values(), 512, 1024, 512, 10]
+    assert cka_resources(5000, 2000, 2000, widths, 2) == {"mem_mb": 1590, "runtime": 6}
+    # a test split smaller than cka_points: its 200 images -> the floor
+    assert cka_resources(500, 200, 2000, widths, 2) == {"mem_mb": 1000, "runtime": 6}
+    # full CIFAR-10 (pixels 3,072, scattering 15,552): 480e6 + 4 x 2,000 x 15,552 + 64 MiB + 60,000 x 24 + 16e6
+    cifar = [3072, 15552, *widths[2:]]
+    assert cka_resources(60000, 10000, 2000, cifar, 2) == {"mem_mb": 1712, "runtime": 8}
+    # 10,000 points: the Grams grow with the square, 15 x 800 MB
+    assert cka_resources(70000, 10000, 10000, widths, 2)["mem_mb"] == 16155

@@ -126,7 +126,7 @@ def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
 
 
 # The 1/20-scale study in the suite: every stage whose memory or time grows with the data (ingest, baseline,
-# extraction, fine-tuning, every t-SNE map, both tables, the explorer) and one figure of each kind; the other
+# extraction, fine-tuning, every t-SNE map, the three tables, the explorer) and one figure of each kind; the other
 # per-layer figures draw the same things for other layers (the default study's end-to-end test draws them all).
 # MNIST only: its jobs are sized from the generated IDX headers, so a declaration that falls short of what a job
 # uses shows at this scale. CIFAR-10's archive cannot be sized without decompressing it, so at 1/20 its jobs keep
@@ -136,6 +136,7 @@ SCALED_TARGETS = [
     path.format(dataset="mnist") for path in (
         "results/metrics/{dataset}/classifiers.csv", "results/metrics/{dataset}/embedding_quality.csv",
         "results/explorer/{dataset}.html", "results/figures/{dataset}/metrics/depth.png",
+        "results/figures/{dataset}/cka.png",
         "results/figures/{dataset}/class_means.png", "results/figures/{dataset}/confusion.png",
         "results/figures/{dataset}/top_losses.png", "results/figures/{dataset}/training/loss.png",
         "results/figures/{dataset}/activations/input.png",
@@ -168,7 +169,7 @@ def test_paper_study_at_one_twentieth_of_its_size_stays_within_every_declaration
                    "embed_tsne": 13, "evaluate_classifiers": 1, "evaluate_embeddings": 1, "build_explorer": 1,
                    "plot_metrics": 1, "plot_confusion": 1, "plot_top_losses": 1, "plot_training": 1,
                    "plot_activation_input": 1, "plot_activations": 1, "plot_tsne": 1, "plot_tsne_thumbs": 1,
-                   "plot_tsne_layers": 1}
+                   "plot_tsne_layers": 1, "layer_similarity": 1, "plot_cka": 1}
     assert rules == Counter(per_dataset)
     over = [job["job"] for job in jobs if float(job["mem_ratio"]) > 1 or float(job["wall_ratio"]) > 1]
     assert over == []

@@ -17,8 +17,9 @@ from reference.make_default_study_reference import (
     value,
 )
 
-from embedscope.artifacts import read_baseline, read_embedding_quality
+from embedscope.artifacts import read_baseline, read_cka, read_embedding_quality
 from embedscope.layers import EXTRACTOR_LAYERS
+from embedscope.similarity import cka_matrix
 
 pytestmark = pytest.mark.e2e
 DS = "mnist_small"
@@ -82,12 +83,28 @@ def test_explorer_shows_each_layers_quality_numbers(small_run):
         assert tables[key]["n"] == str(SMALL_CONFIG["datasets"][DS]["n_test"])
 
 
+def test_layer_similarity_table_and_heatmap(small_run):
+    """cka.csv holds every ordered pair of pixels and layers once: symmetric, 1 on the diagonal, in [0, 1] (the
+    plain estimator), on the whole 200-image test split; the heatmap exists."""
+    results = small_run / "results"
+    table = read_cka(results / f"metrics/{DS}/cka.csv")
+    sets = [("pixels", "pixels")] + [(e, layer) for e in SMALL_CONFIG["extractors"] for layer in EXTRACTOR_LAYERS[e]]
+    pairs = list(zip(table["features_a"], table["layer_a"], table["features_b"], table["layer_b"], strict=True))
+    assert sorted(pairs) == sorted((*a, *b) for a in sets for b in sets)
+    names, matrix = cka_matrix(table)
+    assert names == sets and set(table["n"]) == {SMALL_CONFIG["datasets"][DS]["n_test"]}
+    assert np.array_equal(matrix, matrix.T) and np.all(np.diag(matrix) == 1.0)
+    assert np.all((matrix >= 0) & (matrix <= 1 + 1e-12))  # Cauchy-Schwarz, up to rounding
+    assert (results / f"figures/{DS}/cka.png").stat().st_size > 0
+    assert "plain (biased)" in (results / f"metrics/{DS}/cka.md").read_text()
+
+
 def test_every_job_has_a_log(small_run):
     logs = list((small_run / "results" / "logs").rglob("*.log"))
     # the fixture's run wrote the first main log (named by its start time); later tests may add dry runs
     main_log = sorted((small_run / ".snakemake" / "log").glob("*.snakemake.log"))[0]
     jobs = int(re.search(r"^total\s+(\d+)\s*$", main_log.read_text(), re.M).group(1))
-    assert jobs == 73 and len(logs) == jobs - 1  # every job but rule `all` writes one
+    assert jobs == 75 and len(logs) == jobs - 1  # every job but rule `all` writes one
     tsne_log = small_run / "results/logs/tsne" / DS / "scattering/scattering.log"
     assert tsne_log.is_file()
 

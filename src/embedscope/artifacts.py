@@ -15,6 +15,8 @@ file                                          writer                            
 ``baseline/{ds}/metrics.csv``                 :func:`write_table`                    :func:`read_baseline`
 ``metrics/{ds}/classifiers.{csv,md}``         :func:`write_table`                    :func:`read_classifiers`
 ``metrics/{ds}/embedding_quality.{csv,md}``   :func:`write_table`                    :func:`read_embedding_quality`
+``metrics/{ds}/cka.csv``                      :func:`write_table`                    :func:`read_cka`
+``metrics/{ds}/cka.md`` (the matrix)          :func:`write_text`                     (people)
 any PNG figure                                :func:`save_figure`                    (images)
 ``explorer/{ds}.html``                        :func:`write_text`                     (a browser)
 ============================================  =====================================  ==========================
@@ -243,6 +245,8 @@ CLASSIFIER_COLUMNS = ("dataset", "features", "layer", "D", "classifier", "accura
                       "macro_recall", "macro_f1", "fit_seconds")
 EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "n_quality", "trustworthiness", "knn_accuracy_2d",
                      "silhouette_features", "silhouette_2d", "ncc_accuracy", "nc1")
+# one row per ordered pair of layers (pixels first, then every extractor's layers in depth order), both orders
+CKA_COLUMNS = ("dataset", "features_a", "layer_a", "D_a", "features_b", "layer_b", "D_b", "n", "cka")
 TABLE_FLOAT_FORMAT = ".4f"  # Markdown only; the CSV keeps full precision
 
 
@@ -271,3 +275,19 @@ def read_classifiers(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_embedding_quality(path: str | os.PathLike, columns: Sequence[str] = EMBEDDING_COLUMNS) -> pd.DataFrame:
     return _read_csv(path, columns, "embedding-quality table")
+
+
+def read_cka(path: str | os.PathLike) -> pd.DataFrame:
+    """cka.csv: every ordered pair of layers exactly once; CKA a number or empty (NaN: a layer constant on the
+    subsample, where CKA is undefined), never infinite."""
+    table = _read_csv(path, CKA_COLUMNS, "CKA table")
+    pairs = ["features_a", "layer_a", "features_b", "layer_b"]
+    if table.duplicated(pairs).any():
+        raise ArtifactError(f"CKA table {path}: a pair of layers appears twice")
+    try:
+        values = table["cka"].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"CKA table {path}: column 'cka' must hold numbers: {exc}") from exc
+    if np.isinf(values).any():
+        raise ArtifactError(f"CKA table {path}: column 'cka' holds an infinite value")
+    return table

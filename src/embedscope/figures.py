@@ -1,4 +1,5 @@
-"""Every figure of the report as a PNG: t-SNE maps, thumbnail maps, activation grids, training, metric summaries.
+"""Every figure of the report as a PNG: t-SNE maps, thumbnail maps, activation grids, training, metric summaries,
+layer similarity.
 
 Conventions: matplotlib's object API (``matplotlib.figure.Figure``, Agg; no pyplot state), a fixed figure size
 and dpi (so the pixel size is known in advance), no ``bbox_inches="tight"``, and no metadata that changes
@@ -27,6 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from embedscope.artifacts import (  # noqa: E402
+    read_cka,
     read_classifiers,
     read_collapse,
     read_embedding_quality,
@@ -729,3 +731,63 @@ def plot_metrics(classifiers_csv, embedding_csv, accuracy_png, depth_png, *, dat
     depth = draw_depth(read_embedding_quality(embedding_csv),
                        f"{dataset}: within-class collapse and class separation by depth{suffix}")
     save_figure(depth, depth_png, dpi)
+
+
+# ------------------------------------------------------------------------------------------ layer similarity
+
+
+def draw_cka(names: Sequence[tuple[str, str]], matrix: np.ndarray, title: str,
+             group_labels: Mapping[str, str] | None = None) -> Figure:
+    """Heatmap of a CKA matrix over feature sets ``names`` ((features, layer), in the matrix's order): a block
+    per extractor, separated by white lines and named on both axes (``group_labels`` may add, e.g., the
+    weights), values written in the cells while they stay readable (up to 24 sets), NaN cells grey."""
+    count = len(names)
+    side = max(6.0, 0.5 * count + 3.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.7, label="linear CKA")
+    layers = [layer for _, layer in names]
+    ax.set_xticks(range(count), layers, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(count), layers, fontsize=8)
+    groups = list(dict.fromkeys(features for features, _ in names))
+    labels = dict(group_labels or {})
+    for group in groups:
+        members = [i for i, (features, _) in enumerate(names) if features == group]
+        first, last = members[0], members[-1]
+        if first > 0:
+            ax.axhline(first - 0.5, color="white", lw=2)
+            ax.axvline(first - 0.5, color="white", lw=2)
+        if len(members) == 1 and names[first][1] == group and group not in labels:
+            continue  # a one-layer set named like its layer (pixels, scattering): the tick label says it
+        middle = (first + last) / 2
+        text = labels.get(group, group)
+        ax.annotate(text, xy=(middle, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8, fontweight="bold")
+        ax.annotate(text.replace(" (", "\n("), xy=(1.0, middle), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", ha="left", va="center", fontsize=8,
+                    fontweight="bold", rotation=-90)
+    if count <= 24:
+        for (i, j), value in np.ndenumerate(matrix):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7 if count <= 16 else 5,
+                        color="black" if value > 0.6 else "white")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_cka(cka_csv, output, *, dataset: str = "", dpi: int = 100, weights: str | None = None) -> None:
+    """cka.png: the CKA table (:func:`embedscope.artifacts.read_cka`) as a heatmap with a block per extractor."""
+    from embedscope.similarity import CKA_VARIANT, cka_matrix
+
+    table = read_cka(cka_csv)
+    names, matrix = cka_matrix(table)
+    n = sorted({int(v) for v in table["n"]})
+    groups = dict.fromkeys(features for features, _ in names)
+    # the ResNet-18 blocks carry their weights (random in the default study); pixels and scattering have none
+    labels = {group: f"{group} ({weights_label(group, weights)})" for group in groups
+              if group not in ("pixels", "scattering")}
+    title = (f"{dataset}: layer similarity, {CKA_VARIANT}\n"
+             f"n = {', '.join(map(str, n))} test images (seeded stratified subsample), the same for every layer")
+    save_figure(draw_cka(names, matrix, title, labels), output, dpi)

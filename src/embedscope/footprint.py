@@ -125,6 +125,7 @@ LOGREG_CLASSIFIER = "logreg"
 METRICS_BLOCK_BYTES = 64 * 1024 * 1024
 QUALITY_BLOCK_BYTES = 96 * 1024 * 1024
 WORKING_MEMORY_MB = 128
+CKA_BLOCK_BYTES = 64 * 1024 * 1024  # embedscope.similarity.GRAM_BLOCK_BYTES
 
 
 def _mb(held_bytes: float) -> int:
@@ -244,6 +245,28 @@ def embedding_resources(n_train: int, n_test: int, points: int, widths: Sequence
     held = 4 * rows * wide + 8 * q * wide + _quality_blocks(q, rows, wide)
     work = sum(q * q * (4e-7 + 3 * d * 1e-10) + 2 * rows * d * 1e-8 for d in widths)
     return {"mem_mb": _mb(held), "runtime": _minutes(30 + work / max(1, threads))}
+
+
+def cka_resources(n_rows: int, n_test: int, points: int, widths: Sequence[int], threads: int = 1
+                  ) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of layer_similarity: linear CKA of every pair of ``widths`` (the raw pixels and
+    every layer) on q = min(points, n_test) test images, one layer read at a time, every layer's Gram kept.
+
+    With L = len(widths), D the widest and N = n_rows (both splits: the stores' index, labels and split columns):
+    mem_mb = BASE_MB + HEADROOM x (L x 8 q^2 (the Grams) + 8 q^2 (one Gram's product before it is added)
+    + 4 q D (one layer's subsample in float32) + min(64 MiB, 8 q D) (a float64 block of its columns)
+    + N x 24 B + 8 x CHUNK_MB x 1e6 (store chunks being read)) / 1e6.
+    runtime = 5 + HEADROOM x (10 + (the sum over sets of width d of q^2 d x 1 ns (its Gram) + L^2 / 2 x q^2 x 1 ns
+    (the pairs)) / threads + N x sum(d) x 4 B / 100 MB/s (every chunk decoded: a subsample touches most of
+    them)) / 60 minutes, rounded up.
+    """
+    q = min(int(points), int(n_test))
+    count, wide = len(widths), max(widths)
+    held = (count + 1) * 8 * q * q + 4 * q * wide + min(CKA_BLOCK_BYTES, 8 * q * wide) + n_rows * 24 \
+        + 8 * CHUNK_MB * 1e6
+    work = sum(q * q * d * 1e-9 for d in widths) + count * count / 2 * q * q * 1e-9
+    seconds = 10 + work / max(1, threads) + n_rows * sum(widths) * 4 / 100e6
+    return {"mem_mb": _mb(held), "runtime": _minutes(seconds)}
 
 
 def tsne_resources(n_test: int, points: int, width: int, pca_components: int = 50, n_iter: int = 500,

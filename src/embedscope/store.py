@@ -517,3 +517,36 @@ def load_features(path: str | os.PathLike, layer: str, split: str | None = None)
         split=split_all[rows],
         attrs=dict(layer_group.attrs),
     )
+
+
+def load_feature_rows(path: str | os.PathLike, layer: str, samples: Sequence[int] | np.ndarray) -> FeatureSet:
+    """The rows of one layer whose sample index (into the image store) is in ``samples``, in that order.
+
+    Only the chunks that hold one of them are read and decoded (orthogonal indexing), so a subsample of a split
+    costs its own rows in memory, not the split's. A sample the layer does not hold is an error.
+    """
+    group = open_complete(path)
+    if layer not in group.attrs["layers"]:
+        raise StoreError(f"store {path} has no layer {layer!r}; it has {list(group.attrs['layers'])}")
+    layer_group = group[layer]
+    index = layer_group["index"][...].astype(np.int64)
+    samples = np.asarray(samples, dtype=np.int64)
+    order = np.argsort(index, kind="stable")
+    found = np.searchsorted(index[order], samples)
+    found = np.minimum(found, len(index) - 1)
+    rows = order[found] if len(index) else found
+    missing = samples[index[rows] != samples] if len(index) else samples
+    if len(missing):
+        raise StoreError(f"store {path}/{layer} lacks {len(missing)} of the {len(samples)} samples asked for "
+                         f"(e.g. sample {int(missing[0])}); is it stale?")
+    unique, inverse = np.unique(rows, return_inverse=True)  # sorted, as orthogonal selections are read best
+    features = np.asarray(layer_group["features"].oindex[unique, :], dtype=np.float32)
+    if not np.array_equal(unique, rows):  # rows asked for out of store order, or twice: one more copy
+        features = features[inverse]
+    return FeatureSet(
+        features=features,
+        labels=layer_group["labels"][...].astype(np.int64)[rows],
+        index=index[rows],
+        split=layer_group["split"][...].astype(np.uint8)[rows],
+        attrs=dict(layer_group.attrs),
+    )
