@@ -17,7 +17,13 @@ from reference.make_default_study_reference import (
     value,
 )
 
-from embedscope.artifacts import read_baseline, read_cka, read_embedding_quality
+from embedscope.artifacts import (
+    read_baseline,
+    read_cka,
+    read_collapse,
+    read_embedding_quality,
+    read_training_log,
+)
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.similarity import cka_matrix
 
@@ -99,12 +105,27 @@ def test_layer_similarity_table_and_heatmap(small_run):
     assert "plain (biased)" in (results / f"metrics/{DS}/cka.md").read_text()
 
 
+def test_collapse_statistics_of_every_epoch(small_run):
+    results = small_run / "results"
+    table = read_collapse(results / f"metrics/{DS}/collapse.csv")
+    _, epochs, _ = read_training_log(results / f"models/{DS}/training_log.csv")
+    # one block of statistics per training epoch, in the training log's order
+    assert list(dict.fromkeys(zip(table.stage, table.epoch, strict=True))) == list(
+        zip(epochs.stage, epochs.epoch, strict=True))
+    per_epoch = table.groupby(["stage", "epoch"]).size()
+    assert set(per_epoch) == {2 * 5 + 1}  # NC1, three NC2, NC4 for both layers; NC3 for head_hidden
+    n_train, n_test = (SMALL_CONFIG["datasets"][DS][k] for k in ("n_train", "n_test"))
+    assert set(table.loc[table.metric != "nc4_ncc_agreement", "images"]) == {n_train}  # 300 < collapse_points
+    assert set(table.loc[table.metric == "nc4_ncc_agreement", "images"]) == {n_test}
+    assert (results / f"figures/{DS}/collapse.png").stat().st_size > 0
+
+
 def test_every_job_has_a_log(small_run):
     logs = list((small_run / "results" / "logs").rglob("*.log"))
     # the fixture's run wrote the first main log (named by its start time); later tests may add dry runs
     main_log = sorted((small_run / ".snakemake" / "log").glob("*.snakemake.log"))[0]
     jobs = int(re.search(r"^total\s+(\d+)\s*$", main_log.read_text(), re.M).group(1))
-    assert jobs == 75 and len(logs) == jobs - 1  # every job but rule `all` writes one
+    assert jobs == 76 and len(logs) == jobs - 1  # every job but rule `all` writes one
     tsne_log = small_run / "results/logs/tsne" / DS / "scattering/scattering.log"
     assert tsne_log.is_file()
 
