@@ -1,5 +1,6 @@
 # Fine-tuning (report section 3): ResNet-18 + fastai's head, trained in two one-cycle stages; the checkpoint,
 # the training log and the test predictions. Its feature store is written by `extract_features`.
+# With finetune.replicates > 1, replicate r >= 1 is the same job with seed + r on its own paths (REPLICATE_*).
 
 
 rule finetune_resnet18:
@@ -11,7 +12,7 @@ rule finetune_resnet18:
         training_log=TRAINING_LOG,
         predictions=PREDICTIONS,
     params:
-        finetune=config["finetune"],
+        finetune=FINETUNE_RECIPE,
         resnet18=config["resnet18"],
         seed=config["seed"],
         deterministic=config["deterministic"],
@@ -30,3 +31,16 @@ rule finetune_resnet18:
         ENV
     script:
         "../workflow_scripts/finetune_resnet18.py"
+
+
+use rule finetune_resnet18 as finetune_replicate with:
+    output:
+        model=REPLICATE_MODEL,
+        training_log=REPLICATE_TRAINING_LOG,
+        predictions=REPLICATE_PREDICTIONS,
+    params:
+        seed=lambda w: replicate_seed(w.replicate),
+    log:
+        f"{LOGS}/models/{{dataset}}/replicates/{{replicate}}/resnet18_finetuned.log",
+    benchmark:
+        f"{BENCHMARKS}/models/{{dataset}}/replicates/{{replicate}}/resnet18_finetuned.tsv"

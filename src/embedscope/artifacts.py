@@ -14,6 +14,7 @@ file                                          writer                            
 ``baseline/{ds}/metrics.csv``                 :func:`write_table`                    :func:`read_baseline`
 ``metrics/{ds}/classifiers.{csv,md}``         :func:`write_table`                    :func:`read_classifiers`
 ``metrics/{ds}/embedding_quality.{csv,md}``   :func:`write_table`                    :func:`read_embedding_quality`
+``metrics/{ds}/replicates/{r}/*.csv``         :func:`write_table`                    the two readers above
 any PNG figure                                :func:`save_figure`                    (images)
 ``explorer/{ds}.html``                        :func:`write_text`                     (a browser)
 ============================================  =====================================  ==========================
@@ -221,6 +222,10 @@ CLASSIFIER_COLUMNS = ("dataset", "features", "layer", "D", "classifier", "accura
 EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "n_quality", "trustworthiness", "knn_accuracy_2d",
                      "silhouette_features", "silhouette_2d", "ncc_accuracy", "nc1")
 TABLE_FLOAT_FORMAT = ".4f"  # Markdown only; the CSV keeps full precision
+# With several fine-tuning replicates, the tables' replicated rows say which replicate they are ("0", "1", ...)
+# or which summary of them ("mean", "sd"); every other row leaves the column empty.
+REPLICATE_COLUMN = "replicate"
+REPLICATE_SUMMARIES = ("mean", "sd")
 
 
 def markdown_table(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
@@ -248,3 +253,13 @@ def read_classifiers(path: str | os.PathLike) -> pd.DataFrame:
 
 def read_embedding_quality(path: str | os.PathLike, columns: Sequence[str] = EMBEDDING_COLUMNS) -> pd.DataFrame:
     return _read_csv(path, columns, "embedding-quality table")
+
+
+def first_replicate(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a classifier or embedding-quality table that one replicate would give: replicate 0's rows
+    and the unreplicated ones (the whole table when it has no REPLICATE_COLUMN)."""
+    if REPLICATE_COLUMN not in table.columns:
+        return table
+    column = table[REPLICATE_COLUMN]
+    keep = column.isna() | (column.astype(str).isin(["", "0"]))
+    return table[keep].drop(columns=REPLICATE_COLUMN).reset_index(drop=True)
