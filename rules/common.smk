@@ -57,6 +57,7 @@ REPLICATE_MODEL = "results/models/{dataset}/replicates/{replicate}/resnet18_fine
 REPLICATE_TRAINING_LOG = "results/models/{dataset}/replicates/{replicate}/training_log.csv"
 REPLICATE_PREDICTIONS = "results/models/{dataset}/replicates/{replicate}/predictions.csv"
 REPLICATE_FEATURES = "results/features/{dataset}/replicates/{replicate}/{extractor}.zarr"
+REPLICATE_STORE = "results/features/{dataset}/replicates/{replicate}/resnet18_finetuned.zarr"  # its only extractor
 # one replicate's rows of the classifier and embedding-quality tables, merged into those tables
 REPLICATE_CLASSIFIERS = "results/metrics/{dataset}/replicates/{replicate}/classifiers.csv"
 REPLICATE_EMBEDDINGS = "results/metrics/{dataset}/replicates/{replicate}/embedding_quality.csv"
@@ -367,7 +368,7 @@ def baseline_targets():
 
 def feature_targets():
     replicated = [path for dataset in DATASETS
-                  for path in replicate_paths(REPLICATE_FEATURES, dataset, extractor="resnet18_finetuned")]
+                  for path in replicate_paths(REPLICATE_STORE, dataset)]
     return expand(FEATURES, dataset=DATASETS, extractor=EXTRACTORS) + replicated
 
 

@@ -74,7 +74,7 @@ rule evaluate_embeddings:
 rule evaluate_replicate_classifiers:
     input:
         images=IMAGES,
-        store=REPLICATE_FEATURES.replace("{extractor}", "resnet18_finetuned"),
+        store=REPLICATE_STORE,
         predictions=REPLICATE_PREDICTIONS,
     output:
         csv=REPLICATE_CLASSIFIERS,
@@ -97,7 +97,7 @@ rule evaluate_replicate_classifiers:
 
 rule evaluate_replicate_embeddings:
     input:
-        store=REPLICATE_FEATURES.replace("{extractor}", "resnet18_finetuned"),
+        store=REPLICATE_STORE,
         # replicate 0's maps: the points the feature-space silhouette is taken on (the same test images)
         tsne=lambda w: [TSNE_CSV.format(dataset=w.dataset, extractor="resnet18_finetuned", layer=layer)
                         for layer in layers_of("resnet18_finetuned")],

@@ -97,6 +97,19 @@ def test_first_replicate_of_the_written_table_is_replicate_zeros_table(tmp_path)
     assert first_replicate(table) is table
 
 
+def test_a_replicates_classifier_job_is_sized_without_the_raw_pixels():
+    from embedscope.footprint import classifier_resources, dataset_extent
+
+    cifar = dataset_extent({"source": "torchvision", "name": "CIFAR10"})  # 32 x 32 x 3 = 3,072 pixel values
+    settings = {"classifiers": ["logreg", "random_forest", "knn"], "random_forest_trees": 100}
+    finetuned = [512, 1024, 512, 10]
+    alone = classifier_resources(cifar, 50000, 10000, finetuned, settings, 4, pixels=False)
+    with_pixels = classifier_resources(cifar, 50000, 10000, finetuned, settings, 4)
+    # the raw pixels are one more set of width H W C, and the only difference
+    assert classifier_resources(cifar, 50000, 10000, [3072, *finetuned], settings, 4, pixels=False) == with_pixels
+    assert alone["mem_mb"] < with_pixels["mem_mb"] and alone["runtime"] < with_pixels["runtime"]
+
+
 def summaries_hold(table: pd.DataFrame, keys) -> int:
     """Assert every replicated row's mean and sd rows are those of its replicate rows; return how many."""
     replicated = table[table[REPLICATE_COLUMN].notna()]
