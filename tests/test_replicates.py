@@ -87,6 +87,10 @@ def test_replicate_rows_must_match():
     other = classifier_rows([("resnet18_finetuned", "head_pool", "knn", 0.8, 2.0)])
     with pytest.raises(ArtifactError, match="0 time"):
         add_replicates(table, [other], CLASSIFIER_ROW_KEYS)
+    with pytest.raises(ArtifactError, match="in 1 of 2 replicates"):  # one replicate each: neither has both
+        add_replicates(table, [table, other], CLASSIFIER_ROW_KEYS)
+    with pytest.raises(ArtifactError, match="replicate 1 has more than one row"):
+        add_replicates(table, [pd.concat([table, table])], CLASSIFIER_ROW_KEYS)
 
 
 def test_first_replicate_of_the_written_table_is_replicate_zeros_table(tmp_path):

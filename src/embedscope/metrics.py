@@ -712,10 +712,12 @@ def add_replicates(table: pd.DataFrame, replicates: Sequence[pd.DataFrame], keys
               and pd.api.types.is_numeric_dtype(table[c])]
     found: dict[tuple, list] = {}
     for number, part in enumerate(replicates, start=1):
-        for _, row in part.iterrows():
-            if len(found.setdefault(key_of(row), [])) != number - 1:
-                raise ArtifactError(f"replicate {number} has more than one row {named(key_of(row))}")
-            found[key_of(row)].append(row)
+        rows = [row for _, row in part.iterrows()]
+        duplicated = {key_of(row) for row in rows if [key_of(r) for r in rows].count(key_of(row)) > 1}
+        if duplicated:
+            raise ArtifactError(f"replicate {number} has more than one row {named(sorted(duplicated)[0])}")
+        for row in rows:
+            found.setdefault(key_of(row), []).append(row)
     own = [key_of(row) for _, row in table.iterrows()]
     for key, rows in found.items():
         if len(rows) != len(replicates) or own.count(key) != 1:
