@@ -39,6 +39,12 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 DATASETS = list(config["datasets"])
 EXTRACTORS = list(config["extractors"])
 FINETUNE = "resnet18_finetuned" in EXTRACTORS
+# Fine-tuning replicates (finetune.replicates): replicate 0 is the one run of a single replicate, on its paths;
+# replicate r >= 1 trains with seed + r on the same data and writes the REPLICATE_* paths below.
+REPLICATES = int(config["finetune"]["replicates"]) if FINETUNE else 1
+EXTRA_REPLICATES = [str(r) for r in range(1, REPLICATES)]
+# The training recipe: the finetune section without `replicates`, which says how often it runs, not how.
+FINETUNE_RECIPE = {k: v for k, v in config["finetune"].items() if k != "replicates"}
 ENV = "../envs/embedscope.yaml"
 
 # ---- path templates: every file one stage hands to another, named once (README "Outputs") ---------------
@@ -50,6 +56,15 @@ MODEL = "results/models/{dataset}/resnet18_finetuned.pt"
 TRAINING_LOG = "results/models/{dataset}/training_log.csv"
 PREDICTIONS = "results/models/{dataset}/predictions.csv"
 COLLAPSE = "results/metrics/{dataset}/collapse.csv"
+REPLICATE_MODEL = "results/models/{dataset}/replicates/{replicate}/resnet18_finetuned.pt"
+REPLICATE_TRAINING_LOG = "results/models/{dataset}/replicates/{replicate}/training_log.csv"
+REPLICATE_PREDICTIONS = "results/models/{dataset}/replicates/{replicate}/predictions.csv"
+REPLICATE_FEATURES = "results/features/{dataset}/replicates/{replicate}/{extractor}.zarr"
+REPLICATE_STORE = "results/features/{dataset}/replicates/{replicate}/resnet18_finetuned.zarr"  # its only extractor
+# one replicate's rows of the classifier and embedding-quality tables, merged into those tables
+REPLICATE_CLASSIFIERS = "results/metrics/{dataset}/replicates/{replicate}/classifiers.csv"
+REPLICATE_EMBEDDINGS = "results/metrics/{dataset}/replicates/{replicate}/embedding_quality.csv"
+REPLICATE_COLLAPSE = "results/metrics/{dataset}/replicates/{replicate}/collapse.csv"
 TSNE_CSV = "results/tsne/{dataset}/{extractor}/{layer}.csv"
 TSNE_META = "results/tsne/{dataset}/{extractor}/{layer}.json"
 FIGURES = "results/figures/{dataset}"
@@ -76,6 +91,17 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     extractor="|".join(EXTRACTOR_LAYERS),
     layer="[A-Za-z0-9_]+",
+    replicate=r"[1-9][0-9]*",
+
+
+def replicate_seed(replicate):
+    """The fine-tuning seed of a replicate: the run's seed plus the replicate's number (0 for the first)."""
+    return int(config["seed"]) + int(replicate)
+
+
+def replicate_paths(template, dataset, **wildcards):
+    """One path of every extra replicate (1, 2, ...) of a fine-tuned output; none with one replicate."""
+    return [template.format(dataset=dataset, replicate=r, **wildcards) for r in EXTRA_REPLICATES]
 
 
 def dataset_settings(dataset):
@@ -230,10 +256,21 @@ def widths_of(dataset):
     return layer_widths(EXTRACTORS, extent_of(dataset), scattering["J"], scattering["L"])
 
 
+def finetuned_widths(dataset):
+    return [d for (extractor, _), d in widths_of(dataset).items() if extractor == "resnet18_finetuned"]
+
+
 def classifier_size(wildcards, threads):
     n_train, n_test = splits_of(wildcards.dataset)
     widths = list(widths_of(wildcards.dataset).values())
     return classifier_resources(extent_of(wildcards.dataset), n_train, n_test, widths, config["metrics"], threads)
+
+
+def replicate_classifier_size(wildcards, threads):
+    """One replicate's classifier job: the fine-tuned layers only, no raw pixels."""
+    n_train, n_test = splits_of(wildcards.dataset)
+    return classifier_resources(extent_of(wildcards.dataset), n_train, n_test, finetuned_widths(wildcards.dataset),
+                                config["metrics"], threads, pixels=False)
 
 
 def embedding_size(wildcards, threads):
@@ -248,6 +285,13 @@ def cka_size(wildcards, threads):
     n_train, n_test = splits_of(wildcards.dataset)
     widths = [math.prod(extent_of(wildcards.dataset).image_shape), *widths_of(wildcards.dataset).values()]
     return cka_resources(n_train + n_test, n_test, config["metrics"]["cka_points"], widths, threads)
+
+
+def replicate_embedding_size(wildcards, threads):
+    """One replicate's embedding-quality job: the fine-tuned layers only."""
+    n_train, n_test = splits_of(wildcards.dataset)
+    return embedding_resources(n_train, n_test, map_points_of(wildcards.dataset), finetuned_widths(wildcards.dataset),
+                               config["metrics"]["max_quality_points"], threads)
 
 
 def tsne_size(wildcards, threads):
@@ -315,7 +359,7 @@ def finetune_size(wildcards, threads):
     """Resources of fine-tuning; on CUDA its loader runs `threads` worker processes."""
     settings = dataset_settings(wildcards.dataset)
     extent = stored_extent(extent_of(wildcards.dataset), settings)
-    recipe = config["finetune"]
+    recipe = FINETUNE_RECIPE
     n_train, n_test = split_sizes(settings, extent)
     probed = n_train if recipe["collapse_points"] is None else min(recipe["collapse_points"], n_train)
     return finetune_resources(extent, recipe["batch_size"], recipe["stage1_epochs"], recipe["stage2_epochs"],
@@ -340,13 +384,18 @@ def baseline_targets():
 
 
 def feature_targets():
-    return expand(FEATURES, dataset=DATASETS, extractor=EXTRACTORS)
+    replicated = [path for dataset in DATASETS
+                  for path in replicate_paths(REPLICATE_STORE, dataset)]
+    return expand(FEATURES, dataset=DATASETS, extractor=EXTRACTORS) + replicated
 
 
 def finetune_targets():
     if not FINETUNE:
         return []
-    return expand([MODEL, TRAINING_LOG, PREDICTIONS, COLLAPSE], dataset=DATASETS)
+    replicated = [path for dataset in DATASETS
+                  for template in (REPLICATE_MODEL, REPLICATE_TRAINING_LOG, REPLICATE_PREDICTIONS, REPLICATE_COLLAPSE)
+                  for path in replicate_paths(template, dataset)]
+    return expand([MODEL, TRAINING_LOG, PREDICTIONS, COLLAPSE], dataset=DATASETS) + replicated
 
 
 def tsne_targets():

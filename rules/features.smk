@@ -58,6 +58,23 @@ use rule extract_features as extract_feature_shard with:
         ),
 
 
+# A fine-tuning replicate's store (finetune.replicates > 1), from its own checkpoint, in one job whatever
+# resnet18.shards says (the replicates' jobs already run side by side).
+use rule extract_features as extract_replicate_features with:
+    input:
+        images=IMAGES,
+        weights=[],
+        model=REPLICATE_MODEL,
+    output:
+        store=directory(REPLICATE_FEATURES),
+    wildcard_constraints:
+        extractor="resnet18_finetuned",
+    log:
+        f"{LOGS}/features/{{dataset}}/replicates/{{replicate}}/{{extractor}}.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dataset}}/replicates/{{replicate}}/{{extractor}}.tsv"
+
+
 rule gather_features:
     input:
         shards=shard_stores,

@@ -1,6 +1,8 @@
 # Metric tables: classifiers on raw pixels and every (extractor, layer), plus the class-mean baseline and the
 # fine-tuned CNN; embedding quality of every layer and its t-SNE map; the two summary figures; linear CKA between
-# every pair of layers (and pixels) and its heatmap.
+# every pair of layers (and pixels) and its heatmap. With finetune.replicates > 1 each extra replicate's
+# fine-tuned rows are scored in a job of their own and merged into both tables beside replicate 0's, with their
+# mean and sd.
 
 # The metrics settings each table reads, so that a setting reruns only the table it changes.
 EMBEDDING_KEYS = ("knn_k", "trustworthiness_k", "max_quality_points")
@@ -17,6 +19,7 @@ rule evaluate_classifiers:
         stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
         baseline=BASELINE,
         predictions=[PREDICTIONS] if FINETUNE else [],
+        replicates=lambda w: replicate_paths(REPLICATE_CLASSIFIERS, w.dataset),
     output:
         csv=report_entry(f"{METRICS}/classifiers.csv", "classifiers", "Metrics", table="classifiers"),
         md=f"{METRICS}/classifiers.md",
@@ -47,6 +50,7 @@ rule evaluate_embeddings:
             for extractor in EXTRACTORS
             for layer in layers_of(extractor)
         ],
+        replicates=lambda w: replicate_paths(REPLICATE_EMBEDDINGS, w.dataset),
     output:
         csv=report_entry(
             f"{METRICS}/embedding_quality.csv", "embedding_quality", "Metrics", table="embedding quality"
@@ -69,6 +73,55 @@ rule evaluate_embeddings:
         ENV
     script:
         "../workflow_scripts/evaluate_embeddings.py"
+
+
+rule evaluate_replicate_classifiers:
+    input:
+        images=IMAGES,
+        store=REPLICATE_STORE,
+        predictions=REPLICATE_PREDICTIONS,
+    output:
+        csv=REPLICATE_CLASSIFIERS,
+    params:
+        metrics=CLASSIFIER_SETTINGS,
+        seed=config["seed"],
+    log:
+        f"{LOGS}/metrics/{{dataset}}/replicates/{{replicate}}/classifiers.log",
+    benchmark:
+        f"{BENCHMARKS}/metrics/{{dataset}}/replicates/{{replicate}}/classifiers.tsv"
+    threads: 4
+    resources:
+        mem_mb=lambda w, threads: replicate_classifier_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: replicate_classifier_size(w, threads)["runtime"],
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/evaluate_replicate_classifiers.py"
+
+
+rule evaluate_replicate_embeddings:
+    input:
+        store=REPLICATE_STORE,
+        # replicate 0's maps: the points the feature-space silhouette is taken on (the same test images)
+        tsne=lambda w: [TSNE_CSV.format(dataset=w.dataset, extractor="resnet18_finetuned", layer=layer)
+                        for layer in layers_of("resnet18_finetuned")],
+    output:
+        csv=REPLICATE_EMBEDDINGS,
+    params:
+        metrics=EMBEDDING_SETTINGS,
+        seed=config["seed"],
+    log:
+        f"{LOGS}/metrics/{{dataset}}/replicates/{{replicate}}/embedding_quality.log",
+    benchmark:
+        f"{BENCHMARKS}/metrics/{{dataset}}/replicates/{{replicate}}/embedding_quality.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda w, threads: replicate_embedding_size(w, threads)["mem_mb"],
+        runtime=lambda w, threads: replicate_embedding_size(w, threads)["runtime"],
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/evaluate_replicate_embeddings.py"
 
 
 rule plot_metrics:

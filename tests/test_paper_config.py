@@ -48,10 +48,12 @@ def test_paper_config_validates_with_the_reports_values():
     finetune = config["finetune"]
     assert (finetune["stage2_lr_min"], finetune["stage2_lr_max"]) == (1e-6, 1e-4)
     assert (finetune["stage1_epochs"], finetune["stage2_epochs"], finetune["batch_size"]) == (4, 5, 128)
-    # the recipe is the schema's default recipe
+    # the recipe is the schema's default recipe, run three times (training variance as an error bar)
+    assert finetune["replicates"] == 3
     schema = yaml.safe_load(SCHEMA.read_text())
     for key, value in finetune.items():
-        assert value == schema["properties"]["finetune"]["properties"][key]["default"], key
+        if key != "replicates":
+            assert value == schema["properties"]["finetune"]["properties"][key]["default"], key
 
 
 def test_paper_config_downloads():
@@ -100,14 +102,18 @@ def test_paper_config_dry_runs_whole_dag_offline(tmp_path):
     assert not (work / "resources").exists() and not (work / "results").exists()  # a dry run needs no files
     counts = _job_counts(output)
     assert counts["download_dataset"] == 5 and counts["download_weights"] == 1, counts
-    # one ingest per dataset, one extraction per dataset and extractor
+    # one ingest per dataset, one extraction per dataset and extractor; two more fine-tuning replicates each
     assert counts["ingest_dataset"] == 2 and counts["extract_features"] == 6, counts
+    assert counts["finetune_resnet18"] == 2 and counts["finetune_replicate"] == 4, counts
+    assert counts["extract_replicate_features"] == counts["evaluate_replicate_classifiers"] == 4, counts
     for path in (
         "resources/datasets/MNIST/raw/train-images-idx3-ubyte.gz",
         "resources/datasets/cifar-10-python.tar.gz",
         "results/data/mnist.zarr",
         "results/data/cifar10.zarr",
         "results/features/cifar10/resnet18_finetuned.zarr",
+        "results/features/cifar10/replicates/2/resnet18_finetuned.zarr",
+        "results/models/mnist/replicates/1/resnet18_finetuned.pt",
         "results/tsne/mnist/resnet18/layer4.csv",
         "results/tsne/cifar10/scattering/scattering.csv",
         "results/figures/mnist/activations/resnet18/conv1.png",
@@ -169,7 +175,9 @@ def test_paper_study_at_one_twentieth_of_its_size_stays_within_every_declaration
                    "embed_tsne": 13, "evaluate_classifiers": 1, "evaluate_embeddings": 1, "build_explorer": 1,
                    "plot_metrics": 1, "plot_confusion": 1, "plot_top_losses": 1, "plot_training": 1,
                    "plot_activation_input": 1, "plot_activations": 1, "plot_tsne": 1, "plot_tsne_thumbs": 1,
-                   "plot_tsne_layers": 1, "layer_similarity": 1, "plot_cka": 1}
+                   "plot_tsne_layers": 1, "layer_similarity": 1, "plot_cka": 1, "finetune_replicate": 2,
+                   "extract_replicate_features": 2, "evaluate_replicate_classifiers": 2,
+                   "evaluate_replicate_embeddings": 2}
     assert rules == Counter(per_dataset)
     over = [job["job"] for job in jobs if float(job["mem_ratio"]) > 1 or float(job["wall_ratio"]) > 1]
     assert over == []

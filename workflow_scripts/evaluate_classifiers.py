@@ -19,4 +19,5 @@ evaluate_classifiers(
     seed=snakemake.params.seed,
     threads=snakemake.threads,
     weights=snakemake.params.weights,
+    replicate_csvs=list(snakemake.input.replicates),
 )

@@ -17,4 +17,5 @@ evaluate_embeddings(
     threads=snakemake.threads,
     weights=snakemake.params.weights,
     seed=snakemake.params.seed,
+    replicate_csvs=list(snakemake.input.replicates),
 )

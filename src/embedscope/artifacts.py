@@ -17,6 +17,7 @@ file                                          writer                            
 ``metrics/{ds}/embedding_quality.{csv,md}``   :func:`write_table`                    :func:`read_embedding_quality`
 ``metrics/{ds}/cka.csv``                      :func:`write_table`                    :func:`read_cka`
 ``metrics/{ds}/cka.md`` (the matrix)          :func:`write_text`                     (people)
+``metrics/{ds}/replicates/{r}/*.csv``         :func:`write_table`                    the two readers above
 any PNG figure                                :func:`save_figure`                    (images)
 ``explorer/{ds}.html``                        :func:`write_text`                     (a browser)
 ============================================  =====================================  ==========================
@@ -248,6 +249,10 @@ EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "n_quality", "tr
 # one row per ordered pair of layers (pixels first, then every extractor's layers in depth order), both orders
 CKA_COLUMNS = ("dataset", "features_a", "layer_a", "D_a", "features_b", "layer_b", "D_b", "n", "cka")
 TABLE_FLOAT_FORMAT = ".4f"  # Markdown only; the CSV keeps full precision
+# With several fine-tuning replicates, the tables' replicated rows say which replicate they are ("0", "1", ...)
+# or which summary of them ("mean", "sd"); every other row leaves the column empty.
+REPLICATE_COLUMN = "replicate"
+REPLICATE_SUMMARIES = ("mean", "sd")
 
 
 def markdown_table(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
@@ -291,3 +296,11 @@ def read_cka(path: str | os.PathLike) -> pd.DataFrame:
     if np.isinf(values).any():
         raise ArtifactError(f"CKA table {path}: column 'cka' holds an infinite value")
     return table
+def first_replicate(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a classifier or embedding-quality table that one replicate would give: replicate 0's rows
+    and the unreplicated ones (the whole table when it has no REPLICATE_COLUMN)."""
+    if REPLICATE_COLUMN not in table.columns:
+        return table
+    column = table[REPLICATE_COLUMN]
+    keep = column.isna() | (column.astype(str).isin(["", "0"]))
+    return table[keep].drop(columns=REPLICATE_COLUMN).reset_index(drop=True)

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedscope.artifacts import ArtifactError, read_embedding_quality, read_predictions, read_tsne, write_text
+from embedscope.artifacts import (
+    ArtifactError,
+    first_replicate,
+    read_embedding_quality,
+    read_predictions,
+    read_tsne,
+    write_text,
+)
 from embedscope.store import read_image_index, read_image_rows
 
 log = logging.getLogger("embedscope.explorer")
@@ -172,7 +179,7 @@ def quality_tables(
     frame = None
     if quality_csv is not None:
         # Only the keys are required: a column the table lacks is shown as "n/a".
-        frame = read_embedding_quality(quality_csv, columns=("extractor", "layer"))
+        frame = first_replicate(read_embedding_quality(quality_csv, columns=("extractor", "layer")))
         if dataset is not None and "dataset" in frame.columns:
             frame = frame[frame["dataset"].astype(str) == str(dataset)]
     tables = {}

@@ -28,6 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from embedscope.artifacts import (  # noqa: E402
+    first_replicate,
     read_cka,
     read_classifiers,
     read_collapse,
@@ -721,14 +722,15 @@ def draw_depth(quality: pd.DataFrame, title: str) -> Figure:
 
 def plot_metrics(classifiers_csv, embedding_csv, accuracy_png, depth_png, *, dataset: str = "", dpi: int = 100,
                  weights: str | None = None) -> None:
-    """accuracy_by_layer.png (test accuracy per feature set and classifier) and depth.png (NC1, 2-D kNN)."""
+    """accuracy_by_layer.png (test accuracy per feature set and classifier) and depth.png (NC1, 2-D kNN), of
+    the first fine-tuning replicate."""
     from embedscope.metrics import CLASSIFIERS
 
     suffix = f" (ResNet-18 weights: {weights})" if weights else ""
-    accuracy = draw_accuracy_by_layer(read_classifiers(classifiers_csv), CLASSIFIERS,
+    accuracy = draw_accuracy_by_layer(first_replicate(read_classifiers(classifiers_csv)), CLASSIFIERS,
                                       f"{dataset}: test accuracy per feature set and classifier{suffix}")
     save_figure(accuracy, accuracy_png, dpi)
-    depth = draw_depth(read_embedding_quality(embedding_csv),
+    depth = draw_depth(first_replicate(read_embedding_quality(embedding_csv)),
                        f"{dataset}: within-class collapse and class separation by depth{suffix}")
     save_figure(depth, depth_png, dpi)
 

@@ -186,8 +186,9 @@ def layer_widths(extractors: Sequence[str], extent: Extent, J: int = 2, L: int =
 
 
 def classifier_resources(extent: Extent, n_train: int, n_test: int, widths: Sequence[int],
-                         settings: Mapping[str, Any], threads: int = 1) -> dict[str, int]:
-    """``{"mem_mb", "runtime"}`` of evaluate_classifiers, which scores one feature set at a time.
+                         settings: Mapping[str, Any], threads: int = 1, pixels: bool = True) -> dict[str, int]:
+    """``{"mem_mb", "runtime"}`` of evaluate_classifiers, which scores one feature set at a time (``pixels``:
+    the raw pixels too; one fine-tuning replicate's job scores only its fine-tuned layers).
 
     With D = the widest of the raw pixels (H W C) and ``widths``, C = classes, T = trees:
     mem_mb = BASE_MB + HEADROOM x (4 N D (the set in float32, N = n_train + n_test; logreg standardises it in
@@ -199,8 +200,7 @@ def classifier_resources(extent: Extent, n_train: int, n_test: int, widths: Sequ
     (logreg: 4 iters x n_train d C x 0.25 ns; forest: T x n_train log2(n_train) sqrt(d) x 250 ns; kNN:
     n_test n_train d x 1 ns) / threads, for the classifiers that ``settings`` enables.
     """
-    pixels = _pixels(extent.image_shape)
-    sets = [pixels, *widths]
+    sets = [_pixels(extent.image_shape)] * bool(pixels) + list(widths)
     wide = max(sets)
     classes = max(1, extent.n_classes)
     names = settings.get("classifiers", ["logreg", "random_forest", "knn"])

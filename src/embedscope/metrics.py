@@ -26,9 +26,12 @@ import pandas as pd
 from embedscope.artifacts import (
     CLASSIFIER_COLUMNS,
     EMBEDDING_COLUMNS,
+    REPLICATE_COLUMN,
     ArtifactError,
     prediction_class_count,
     read_baseline,
+    read_classifiers,
+    read_embedding_quality,
     read_predictions,
     read_tsne,
     write_table,
@@ -413,8 +416,9 @@ def cnn_row(predictions_csv: str | Path, data, dataset: str) -> dict:
             "fit_seconds": float("nan")}
 
 
-def feature_sets(image_store, extractors: Sequence[str], feature_stores: Sequence[str | Path]):
-    """Yield ``(features, layer, x_train, y_train, x_test, y_test)``: raw pixels first, then every layer.
+def feature_sets(image_store, extractors: Sequence[str], feature_stores: Sequence[str | Path], pixels: bool = True):
+    """Yield ``(features, layer, x_train, y_train, x_test, y_test)``: raw pixels first (unless not ``pixels``),
+    then every layer.
 
     One set at a time: each is read (pixels chunk by chunk into one float32 array) only when the consumer
     asks for the next, after the generator has dropped the previous one, so a consumer that drops its own
@@ -422,10 +426,11 @@ def feature_sets(image_store, extractors: Sequence[str], feature_stores: Sequenc
     """
     if len(extractors) != len(feature_stores):
         raise ValueError(f"{len(extractors)} extractors but {len(feature_stores)} feature stores")
-    x_train, y_train = pixel_rows(image_store, "train")
-    x_test, y_test = pixel_rows(image_store, "test")
-    yield PIXELS, PIXELS, x_train, y_train, x_test, y_test
-    del x_train, x_test
+    if pixels:
+        x_train, y_train = pixel_rows(image_store, "train")
+        x_test, y_test = pixel_rows(image_store, "test")
+        yield PIXELS, PIXELS, x_train, y_train, x_test, y_test
+        del x_train, x_test
     for extractor, store in zip(extractors, feature_stores, strict=True):
         for layer in _check_layers(extractor, store):
             train = load_features(store, layer, "train")
@@ -454,8 +459,9 @@ def score_feature_set(x_train, y_train, x_test, y_test, n_classes: int, settings
 
 def classifier_table(image_store, extractors: Sequence[str], feature_stores: Sequence[str | Path],
                      baseline_csv=None, predictions_csv=None, dataset: str = "", settings=None,
-                     seed: int = 0, threads: int = 1) -> pd.DataFrame:
-    """Every classifier on every feature set (CLASSIFIER_COLUMNS), plus baseline and CNN rows.
+                     seed: int = 0, threads: int = 1, pixels: bool = True) -> pd.DataFrame:
+    """Every classifier on every feature set (CLASSIFIER_COLUMNS; raw pixels unless not ``pixels``), plus
+    baseline and CNN rows.
 
     Feature sets are read, scored and dropped one at a time (:func:`feature_sets`)."""
     from threadpoolctl import threadpool_limits
@@ -466,12 +472,12 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
     data = read_image_index(image_store)
     n_classes = len(data.class_names)
     rows = []
-    n_sets = 1 + sum(len(EXTRACTOR_LAYERS[e]) for e in extractors)
+    n_sets = int(pixels) + sum(len(EXTRACTOR_LAYERS[e]) for e in extractors)
     # a bar updated by hand: one wrapping the generator would keep the previous set alive while the next loads
     bar = progress(total=n_sets, desc="feature sets")
     with threadpool_limits(limits=max(1, int(threads))):
         for features, layer, x_train, y_train, x_test, y_test in feature_sets(image_store, extractors,
-                                                                              feature_stores):
+                                                                              feature_stores, pixels):
             log.info("%s/%s: %d x %d train values", features, layer, *x_train.shape)
             width = int(x_train.shape[1])
             scores = score_feature_set(x_train, y_train, x_test, y_test, n_classes, settings, seed, threads)
@@ -490,11 +496,15 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
 
 def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, predictions_csv, csv_path, md_path,
                          dataset: str = "", settings=None, seed: int = 0, threads: int = 1,
-                         weights: str | None = None) -> pd.DataFrame:
-    """Write classifiers.csv and classifiers.md (the workflow's evaluate_classifiers rule)."""
+                         weights: str | None = None, replicate_csvs: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """Write classifiers.csv and classifiers.md (the workflow's evaluate_classifiers rule).
+
+    ``replicate_csvs``: the rows of fine-tuning replicates 1, 2, ... (:func:`evaluate_replicate_classifiers`),
+    merged beside this run's, replicate 0 (:func:`add_replicates`)."""
     settings = _settings(settings)
     table = classifier_table(image_store, extractors, feature_stores, baseline_csv, predictions_csv or None,
                              dataset, settings, seed, threads)
+    table = add_replicates(table, [read_classifiers(path) for path in replicate_csvs], CLASSIFIER_ROW_KEYS)
     data = read_image_index(image_store)
     n_train, n_test = len(data.indices("train")), len(data.indices("test"))
     notes = [
@@ -508,7 +518,19 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
+    notes += replicate_notes(len(replicate_csvs) + 1, seed)
     write_table(table, csv_path, md_path, f"Classifiers on {dataset or 'the dataset'}", notes)
+    return table
+
+
+def evaluate_replicate_classifiers(image_store, feature_store, predictions_csv, csv_path, dataset: str = "",
+                                   settings=None, seed: int = 0, threads: int = 1) -> pd.DataFrame:
+    """Write one fine-tuning replicate's rows of the classifier table: every classifier on its fine-tuned
+    layers and its CNN row, fitted with the same classifier ``seed`` as replicate 0's (only training differs)."""
+    settings = _settings(settings)
+    table = classifier_table(image_store, [FINETUNED], [feature_store], None, predictions_csv, dataset, settings,
+                             seed, threads, pixels=False)
+    write_table(table, csv_path)
     return table
 
 
@@ -528,11 +550,14 @@ def map_rows(test, tsne: pd.DataFrame, tsne_csv, store, layer: str) -> np.ndarra
     return rows
 
 
-def map_quality(features: np.ndarray, embedding: np.ndarray, labels: np.ndarray, settings, seed: int = 0) -> dict:
+def map_quality(features: np.ndarray, embedding: np.ndarray | None, labels: np.ndarray, settings,
+                seed: int = 0) -> dict:
     """The map's columns of EMBEDDING_COLUMNS: kNN accuracy on every point; trustworthiness and both
     silhouettes (O(n^2) in time) on a seeded stratified subsample of at most ``max_quality_points``
     (:func:`embedscope.tsne.tsne_subset`; every point when the map is no larger), whose size is ``n_quality``.
-    Only the subsample's features are converted to float64."""
+    Only the subsample's features are converted to float64. Without an ``embedding`` (a fine-tuning replicate
+    that has no map of its own, scored on the points of replicate 0's map) only the feature-space silhouette is
+    computed, the 2-D columns are NaN."""
     from embedscope.tsne import tsne_subset
 
     quality = tsne_subset(labels, settings["max_quality_points"], seed)
@@ -540,6 +565,9 @@ def map_quality(features: np.ndarray, embedding: np.ndarray, labels: np.ndarray,
         log.info("trustworthiness and silhouettes on %d of %d points (metrics.max_quality_points)", len(quality),
                  len(labels))
     sample = np.asarray(features[quality], dtype=np.float64)
+    if embedding is None:
+        return {"n_quality": len(quality), "trustworthiness": float("nan"), "knn_accuracy_2d": float("nan"),
+                "silhouette_features": silhouette(sample, labels[quality]), "silhouette_2d": float("nan")}
     return {
         "n_quality": len(quality),
         "trustworthiness": trustworthiness_score(sample, embedding[quality], settings["trustworthiness_k"]),
@@ -550,14 +578,16 @@ def map_quality(features: np.ndarray, embedding: np.ndarray, labels: np.ndarray,
 
 
 def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, dataset: str = "",
-                  seed: int = 0) -> dict:
+                  seed: int = 0, use_map: bool = True) -> dict:
     """One row of EMBEDDING_COLUMNS for one (extractor, layer): the map's metrics on the test split, then the
-    class statistics of the train split (read after the map's float64 subsample is dropped)."""
+    class statistics of the train split (read after the map's float64 subsample is dropped).
+
+    Not ``use_map``: the map's points only (the map of another store of the same test split), no 2-D metrics."""
     settings = _settings(settings)
     test = load_features(store, layer, "test")
     tsne = read_tsne(tsne_csv)
     rows = map_rows(test, tsne, tsne_csv, store, layer)
-    embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64)
+    embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64) if use_map else None
     row = {"dataset": dataset, "extractor": extractor, "layer": layer, "D": int(test.features.shape[1]),
            "n": len(rows), **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
     train = load_features(store, layer, "train")
@@ -572,8 +602,9 @@ def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, da
 
 
 def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", settings=None,
-                    threads: int = 1, seed: int = 0) -> pd.DataFrame:
-    """Rows for every layer of every extractor; ``tsne_csvs`` lists the maps in extractor-then-layer order."""
+                    threads: int = 1, seed: int = 0, use_maps: bool = True) -> pd.DataFrame:
+    """Rows for every layer of every extractor; ``tsne_csvs`` lists the maps in extractor-then-layer order
+    (not ``use_maps``: only their points, see :func:`embedding_row`)."""
     from threadpoolctl import threadpool_limits
 
     from embedscope.runtime import progress
@@ -585,16 +616,21 @@ def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", se
     rows = []
     with threadpool_limits(limits=max(1, int(threads))):
         for (extractor, store, layer), csv in progress(list(zip(pairs, tsne_csvs, strict=True)), desc="layers"):
-            rows.append(embedding_row(store, extractor, layer, csv, settings, dataset, seed))
+            rows.append(embedding_row(store, extractor, layer, csv, settings, dataset, seed, use_maps))
             log.info("%s/%s: %s", extractor, layer, rows[-1])
     return pd.DataFrame(rows, columns=EMBEDDING_COLUMNS)
 
 
 def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path, dataset: str = "", settings=None,
-                        threads: int = 1, weights: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """Write embedding_quality.csv and embedding_quality.md (the workflow's evaluate_embeddings rule)."""
+                        threads: int = 1, weights: str | None = None, seed: int = 0,
+                        replicate_csvs: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """Write embedding_quality.csv and embedding_quality.md (the workflow's evaluate_embeddings rule).
+
+    ``replicate_csvs``: the fine-tuned rows of replicates 1, 2, ... (:func:`evaluate_replicate_embeddings`),
+    merged beside this run's, replicate 0 (:func:`add_replicates`)."""
     settings = _settings(settings)
     table = embedding_table(extractors, feature_stores, tsne_csvs, dataset, settings, threads, seed)
+    table = add_replicates(table, [read_embedding_quality(path) for path in replicate_csvs], EMBEDDING_ROW_KEYS)
     n_quality = sorted({int(v) for v in table["n_quality"]})
     notes = [
         f"`n` points: those of the t-SNE map (its `index` column), the test split or its seeded subset; "
@@ -613,5 +649,93 @@ def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
+    if replicate_csvs:
+        notes += replicate_notes(len(replicate_csvs) + 1, seed)
+        notes.append("Replicates 1, 2, ... have no t-SNE maps (figures and maps show replicate 0): their "
+                     "`silhouette_features` uses the points of replicate 0's map, and the 2-D columns and their "
+                     "mean and sd are empty.")
     write_table(table, csv_path, md_path, f"Embedding quality on {dataset or 'the dataset'}", notes)
     return table
+
+
+def evaluate_replicate_embeddings(feature_store, tsne_csvs, csv_path, dataset: str = "", settings=None,
+                                  threads: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Write one fine-tuning replicate's fine-tuned rows of the embedding-quality table: its feature-space
+    columns on the points of replicate 0's maps (``tsne_csvs``, one per fine-tuned layer), no 2-D columns."""
+    settings = _settings(settings)
+    table = embedding_table([FINETUNED], [feature_store], tsne_csvs, dataset, settings, threads, seed,
+                            use_maps=False)
+    write_table(table, csv_path)
+    return table
+
+
+# ---- fine-tuning replicates --------------------------------------------------------------------------
+
+FINETUNED = "resnet18_finetuned"
+CLASSIFIER_ROW_KEYS = ("dataset", "features", "layer", "classifier")
+EMBEDDING_ROW_KEYS = ("dataset", "extractor", "layer")
+# Columns that describe a row rather than score it: equal in every replicate, kept as they are in the summaries.
+DESCRIPTIVE_COLUMNS = ("D", "n", "n_quality")
+
+
+def replicate_notes(replicates: int, seed: int) -> list[str]:
+    if replicates < 2:
+        return []
+    return [f"`replicate`: the fine-tuned rows of {replicates} fine-tuning runs, replicate r trained with seed "
+            f"{seed} + r on the same split (0 is the run the figures show), then their `mean` and sample "
+            "standard deviation `sd` (ddof = 1) over the replicates; empty on rows that fine-tuning does not "
+            "change. A summary is empty where a replicate lacks the value."]
+
+
+def add_replicates(table: pd.DataFrame, replicates: Sequence[pd.DataFrame], keys: Sequence[str]) -> pd.DataFrame:
+    """``table`` (replicate 0) with the rows of ``replicates`` (1, 2, ...; each holds only the replicated rows,
+    one per key) beside its rows of the same ``keys``, and their mean and sample sd (ddof = 1).
+
+    Each replicated row of ``table`` becomes rows ``replicate`` = "0", "1", ..., "mean", "sd" in its place; the
+    other rows keep their place with an empty ``replicate``. Summaries are taken over every numeric column but
+    ``keys`` and DESCRIPTIVE_COLUMNS (which must agree across replicates and are kept); a summary is NaN where
+    any replicate's value is. Without ``replicates`` the table is returned unchanged, with no ``replicate``
+    column: one replicate's table is the table of a run without replicates.
+    """
+    if not replicates:
+        return table
+    keys = list(keys)
+
+    def key_of(row) -> tuple:
+        return tuple(str(row[k]) for k in keys)
+
+    def named(key: tuple) -> dict:
+        return dict(zip(keys, key, strict=True))
+
+    columns = list(table.columns)
+    values = [c for c in columns if c not in keys and c not in DESCRIPTIVE_COLUMNS
+              and pd.api.types.is_numeric_dtype(table[c])]
+    found: dict[tuple, list] = {}
+    for number, part in enumerate(replicates, start=1):
+        rows = [row for _, row in part.iterrows()]
+        duplicated = {key_of(row) for row in rows if [key_of(r) for r in rows].count(key_of(row)) > 1}
+        if duplicated:
+            raise ArtifactError(f"replicate {number} has more than one row {named(sorted(duplicated)[0])}")
+        for row in rows:
+            found.setdefault(key_of(row), []).append(row)
+    own = [key_of(row) for _, row in table.iterrows()]
+    for key, rows in found.items():
+        if len(rows) != len(replicates) or own.count(key) != 1:
+            raise ArtifactError(f"row {named(key)}: in {len(rows)} of {len(replicates)} replicates "
+                                f"and {own.count(key)} time(s) in replicate 0's table; expected all and once")
+    out = []
+    for key, (_, row) in zip(own, table.iterrows(), strict=True):
+        if key not in found:
+            out.append({**row.to_dict(), REPLICATE_COLUMN: ""})
+            continue
+        group = [row, *found[key]]
+        for column in DESCRIPTIVE_COLUMNS:
+            if column in columns and len({str(r[column]) for r in group}) > 1:
+                raise ArtifactError(f"row {named(key)}: {column} differs between replicates")
+        out += [{**{c: r[c] for c in columns}, REPLICATE_COLUMN: str(i)} for i, r in enumerate(group)]
+        scores = pd.DataFrame([[r[c] for c in values] for r in group], columns=values, dtype=np.float64)
+        fixed = {c: row[c] for c in columns if c not in values}
+        out.append({**fixed, **scores.mean(skipna=False).to_dict(), REPLICATE_COLUMN: "mean"})
+        out.append({**fixed, **scores.std(ddof=1, skipna=False).to_dict(), REPLICATE_COLUMN: "sd"})
+    at = max(columns.index(k) for k in keys) + 1
+    return pd.DataFrame(out, columns=[*columns[:at], REPLICATE_COLUMN, *columns[at:]])

@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # the workflow's library, also without an install
 
 from embedscope.artifacts import (  # noqa: E402
+    first_replicate,
     read_baseline,
     read_classifiers,
     read_embedding_quality,
@@ -56,19 +57,20 @@ FLOAT_RTOL, FLOAT_ATOL = 1e-6, 1e-9
 
 
 def study_numbers(results: str | os.PathLike, dataset: str = DEFAULT_DATASET) -> pd.DataFrame:
-    """The key numbers of one dataset of a finished run, as rows (table, row, metric, value)."""
+    """The key numbers of one dataset of a finished run, as rows (table, row, metric, value); of its first
+    fine-tuning replicate where it has several."""
     results = Path(results)
     rows: list[tuple[str, str, str, float]] = []
     baseline = read_baseline(results / "baseline" / dataset / "metrics.csv")
     for _, line in baseline.iterrows():
         for metric in CLASSIFIER_METRICS:
             rows.append(("baseline", str(line["distance"]), metric, float(line[metric])))
-    classifiers = read_classifiers(results / "metrics" / dataset / "classifiers.csv")
+    classifiers = first_replicate(read_classifiers(results / "metrics" / dataset / "classifiers.csv"))
     for _, line in classifiers.iterrows():
         key = f"{line['features']}/{line['layer']}/{line['classifier']}"
         for metric in CLASSIFIER_METRICS:
             rows.append(("classifiers", key, metric, float(line[metric])))
-    quality = read_embedding_quality(results / "metrics" / dataset / "embedding_quality.csv")
+    quality = first_replicate(read_embedding_quality(results / "metrics" / dataset / "embedding_quality.csv"))
     for _, line in quality.iterrows():
         key = f"{line['extractor']}/{line['layer']}"
         for metric in EMBEDDING_METRICS:
