@@ -82,8 +82,10 @@ def written_inputs(folder: Path, scale: float) -> dict[str, Path]:
     return inputs
 
 
-def study_config(inputs: dict[str, Path], scale: float, epochs: int, trees: int) -> dict:
-    """config/paper.yaml on the generated inputs, with only the CPU-bound settings shortened."""
+def study_config(inputs: dict[str, Path], scale: float, epochs: int, trees: int,
+                 replicates: int | None = None) -> dict:
+    """config/paper.yaml on the generated inputs, with only the CPU-bound settings shortened (and, with
+    ``replicates``, that many fine-tuning replicates instead of the config's)."""
     config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     for name in ("mnist", "cifar10"):
         config["datasets"][name]["root"] = str(inputs[name])
@@ -95,6 +97,8 @@ def study_config(inputs: dict[str, Path], scale: float, epochs: int, trees: int)
     config["device"] = "cpu"
     config["finetune"].update(stage1_epochs=epochs, stage2_epochs=epochs)
     config.setdefault("metrics", {})["random_forest_trees"] = trees
+    if replicates is not None:
+        config["finetune"]["replicates"] = replicates
     return config
 
 
@@ -149,6 +153,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1, help="epochs of each fine-tuning stage (default 1)")
     parser.add_argument("--trees", type=int, default=20, help="random-forest trees (default 20)")
+    parser.add_argument("--replicates", type=int, help="fine-tuning replicates (default: config/paper.yaml's)")
     parser.add_argument("--workdir", type=Path, help="run here (kept) instead of a temporary folder")
     parser.add_argument("--table", type=Path, help="write the table here (default: results/benchmarks/"
                         "bench_fullsize_<scale>.csv)")
@@ -164,7 +169,8 @@ def main() -> None:
         start = time.perf_counter()
         inputs = written_inputs(work / "inputs", args.scale)
         print(f"inputs ready in {time.perf_counter() - start:.0f} s under {work / 'inputs'}", flush=True)
-        (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees)))
+        (work / "study.yaml").write_text(yaml.safe_dump(study_config(inputs, args.scale, args.epochs, args.trees,
+                                                                   args.replicates)))
         status, total = run_study(work, args.cores, args.targets)
     rows = job_rows(work, args.scale)
     now = declared_now(work)
