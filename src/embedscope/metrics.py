@@ -7,6 +7,9 @@
   leave-one-out kNN accuracy in the 2-D map, silhouettes in feature space and in 2-D, nearest-class-centre
   accuracy, and the within-class variability collapse NC1 of Papyan et al. (2020).
 
+Every accuracy of both tables is followed by its 95% Wilson score interval (``<metric>_low``/``_high``,
+:mod:`embedscope.intervals`), added to the finished table by :func:`embedscope.intervals.add_intervals`.
+
 Every input and both tables are read and written through :mod:`embedscope.artifacts`; their summary figures are drawn by
 :func:`embedscope.figures.plot_metrics`.
 """
@@ -34,6 +37,7 @@ from embedscope.artifacts import (
     write_table,
 )
 from embedscope.baseline import streamed_baseline
+from embedscope.intervals import add_intervals, interval_note
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import StoreError, load_features, pixel_rows, read_image_index
 
@@ -485,7 +489,8 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
             rows += baseline_rows(image_store, baseline_csv, dataset, n_classes)
         if predictions_csv is not None:
             rows.append(cnn_row(predictions_csv, data, dataset))
-    return pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS)
+    # every row is scored on the whole test split: fitted classifiers, the baseline and the CNN alike
+    return add_intervals(pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS), {"accuracy": len(data.indices("test"))})
 
 
 def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, predictions_csv, csv_path, md_path,
@@ -505,6 +510,7 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
         "`class_mean_l1`/`l2`: nearest class-mean image (the report's baseline); `cnn`: the fine-tuned "
         "ResNet-18's own predictions (no fit time: see its training benchmark).",
         "Precision, recall and F1 are macro averages over classes; `fit_seconds` times the fit only.",
+        interval_note(f"the {n_test} test images"),
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
@@ -559,7 +565,8 @@ def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, da
     rows = map_rows(test, tsne, tsne_csv, store, layer)
     embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64)
     row = {"dataset": dataset, "extractor": extractor, "layer": layer, "D": int(test.features.shape[1]),
-           "n": len(rows), **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
+           "n": len(rows), "n_test": len(test.labels),
+           **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
     train = load_features(store, layer, "train")
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
     statistics = class_statistics(train.features, train.labels, n_classes)
@@ -587,7 +594,8 @@ def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", se
         for (extractor, store, layer), csv in progress(list(zip(pairs, tsne_csvs, strict=True)), desc="layers"):
             rows.append(embedding_row(store, extractor, layer, csv, settings, dataset, seed))
             log.info("%s/%s: %s", extractor, layer, rows[-1])
-    return pd.DataFrame(rows, columns=EMBEDDING_COLUMNS)
+    return add_intervals(pd.DataFrame(rows, columns=EMBEDDING_COLUMNS),
+                         {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})
 
 
 def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path, dataset: str = "", settings=None,
@@ -606,10 +614,11 @@ def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path
         "`silhouette_features`/`silhouette_2d`: Euclidean silhouette of the class labels in the layer's feature "
         "space / in the 2-D map.",
         "`ncc_accuracy`: nearest class centre in feature space, centres = class means of the train split, "
-        "scored on the whole test split.",
+        "scored on the whole test split (`n_test` images).",
         "`nc1` = trace(S_W pinv(S_B)) / C (Papyan et al. 2020) on the train split's features: S_W the "
         "within-class covariance averaged over classes, S_B the covariance of the class means around the "
         "global mean; near 0 = every class collapsed onto its mean.",
+        interval_note("the `n` map points (`knn_accuracy_2d`) or the `n_test` test images (`ncc_accuracy`)"),
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
