@@ -98,6 +98,9 @@ def test_interval_columns_and_add_intervals():
     assert list(filled.columns) == list(empty.columns)
     assert filled.loc[1, "accuracy_low"] == wilson_interval(20, 20)[0]
     assert add_intervals(table.iloc[:0], {"accuracy": 10}).shape == (0, 6)
+    masked = add_intervals(table, {"accuracy": 10}, where=[True, False])
+    assert masked.loc[0, "accuracy_low"] == out.loc[0, "accuracy_low"]
+    assert np.isnan(masked.loc[1, ["accuracy_low", "accuracy_high"]].to_numpy(dtype=float)).all()
 
 
 def test_markdown_shows_intervals_in_brackets():

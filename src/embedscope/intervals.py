@@ -69,19 +69,22 @@ def interval_columns(columns: Sequence[str], metrics: Sequence[str]) -> tuple[st
     return tuple(out)
 
 
-def add_intervals(table: pd.DataFrame, counts: Mapping[str, object], confidence: float = CONFIDENCE
-                  ) -> pd.DataFrame:
+def add_intervals(table: pd.DataFrame, counts: Mapping[str, object], confidence: float = CONFIDENCE,
+                  where=None) -> pd.DataFrame:
     """A copy of ``table`` with the Wilson interval of each accuracy column in ``counts`` filled in.
 
     ``counts`` maps a column (a fraction of n right) to its n: one number for every row, a column name of
     ``table``, or one value per row. The interval goes to ``<metric>_low`` / ``<metric>_high``, which are
-    overwritten where the table has them and otherwise inserted right after the metric."""
+    overwritten where the table has them and otherwise inserted right after the metric. ``where`` (a boolean
+    per row) limits the intervals to those rows, the others get NaN: rows whose value is not a fraction of n
+    images, such as a standard deviation."""
     table = table.copy()
+    keep = np.ones(len(table), bool) if where is None else np.asarray(where, dtype=bool)
     for metric, n in counts.items():
         if isinstance(n, str):
             n = table[n]
-        n = np.broadcast_to(np.asarray(n, dtype=np.float64), (len(table),))
-        accuracy = table[metric].to_numpy(dtype=np.float64)
+        n = np.where(keep, np.broadcast_to(np.asarray(n, dtype=np.float64), (len(table),)), np.nan)
+        accuracy = np.where(keep, table[metric].to_numpy(dtype=np.float64), np.nan)
         low, high = wilson_interval(accuracy * n, n, confidence) if len(table) else (np.array([]), np.array([]))
         for suffix, values in ((LOW, low), (HIGH, high)):
             if metric + suffix not in table.columns:
