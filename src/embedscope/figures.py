@@ -590,6 +590,9 @@ def metrics_width(n_positions: int) -> float:
     return max(6.0, 0.45 * n_positions + 2)
 
 
+DODGE = 0.12  # x offset between series drawn at the same layer, in layer positions
+
+
 def interval_errors(part: pd.DataFrame, metric: str) -> np.ndarray | None:
     """(2, n) distances below and above each ``metric`` value to its interval (``<metric>_low``/``_high``),
     as matplotlib's ``yerr`` takes them; 0 where the interval is missing; None when the table has none."""
@@ -609,11 +612,13 @@ def draw_accuracy_by_layer(table: pd.DataFrame, classifiers: Sequence[str], titl
     order, position = layer_axis(fitted, "features")
     fig = Figure(figsize=(metrics_width(len(order)), 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for name in [c for c in classifiers if c in set(fitted["classifier"])]:
+    drawn = [c for c in classifiers if c in set(fitted["classifier"])]
+    for rank, name in enumerate(drawn):
         rows = fitted[fitted["classifier"] == name]
+        dodge = DODGE * (rank - (len(drawn) - 1) / 2)  # side by side, so the error bars of one x do not overlap
         for features in dict.fromkeys(rows["features"]):
             part = rows[rows["features"] == features]
-            xs = [position[(features, layer)] for layer in part["layer"]]
+            xs = [position[(features, layer)] + dodge for layer in part["layer"]]
             ax.errorbar(xs, part["accuracy"], yerr=interval_errors(part, "accuracy"), marker="o", ms=4,
                         capsize=2, elinewidth=0.8, color=f"C{list(classifiers).index(name)}",
                         label=name if features == rows["features"].iloc[0] else None)
@@ -625,7 +630,7 @@ def draw_accuracy_by_layer(table: pd.DataFrame, classifiers: Sequence[str], titl
             ax.axhspan(row["accuracy_low"], row["accuracy_high"], color=colour, alpha=0.12, lw=0)
     ax.set_xticks(range(len(order)), [layer if layer == f else f"{f}:{layer}" for f, layer in order],
                   rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (bars, bands: 95% Wilson interval)")
+    ax.set_ylabel("test accuracy (95% Wilson)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -645,15 +650,16 @@ def draw_depth(quality: pd.DataFrame, title: str) -> Figure:
         top.plot(xs, part["nc1"], marker="o", ms=4, color=f"C{i}", label=extractor)
         bottom.errorbar(xs, part["knn_accuracy_2d"], yerr=interval_errors(part, "knn_accuracy_2d"), marker="o",
                         ms=4, capsize=2, elinewidth=0.8, color=f"C{i}", label=f"{extractor}: 2-D kNN")
-        bottom.errorbar(xs, part["ncc_accuracy"], yerr=interval_errors(part, "ncc_accuracy"), marker="s", ms=3,
-                        ls=":", capsize=2, elinewidth=0.8, color=f"C{i}", label=f"{extractor}: nearest class centre")
+        bottom.errorbar([x + DODGE for x in xs], part["ncc_accuracy"], yerr=interval_errors(part, "ncc_accuracy"),
+                        marker="s", ms=3, ls=":", capsize=2, elinewidth=0.8, color=f"C{i}",
+                        label=f"{extractor}: nearest class centre")
     if (quality["nc1"] > 0).all():
         top.set_yscale("log")
     top.set_ylabel("NC1 (train split)")
     top.grid(alpha=0.3)
     top.legend(fontsize=7)
     top.set_title(title, fontsize=9)
-    bottom.set_ylabel("accuracy (bars: 95% Wilson interval)")
+    bottom.set_ylabel("accuracy (95% Wilson)")
     bottom.set_ylim(0, 1.02)
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=6, loc="lower right")
