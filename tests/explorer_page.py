@@ -74,6 +74,14 @@ def quality_tables(page_text: str) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def expected_quality_table(row) -> dict[str, str]:
-    """What the page must show for one embedding-quality row: the counts whole, the rest to three decimals."""
-    return {column: str(int(row[column])) if column in COUNT_COLUMNS else f"{round(float(row[column]), 3):.3f}"
-            for column in QUALITY_LABELS}
+    """What the page must show for one embedding-quality row: the counts whole, the rest to three decimals, an
+    accuracy followed by its interval columns in brackets."""
+    def shown(column):
+        if column in COUNT_COLUMNS:
+            return str(int(row[column]))
+        text = f"{round(float(row[column]), 3):.3f}"
+        if f"{column}_low" in row.index:
+            text += f" [{round(float(row[column + '_low']), 3):.3f}, {round(float(row[column + '_high']), 3):.3f}]"
+        return text
+
+    return {column: shown(column) for column in QUALITY_LABELS}

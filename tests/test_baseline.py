@@ -44,15 +44,16 @@ def test_compute_baseline_on_a_toy_store(tmp_path):
     split = np.tile([0, 0, 0, 1], 10).astype(np.uint8)
     write_image_store(tmp_path / "toy.zarr", images, labels, split, ["dark", "bright"])
     table = compute_baseline(tmp_path / "toy.zarr", tmp_path / "m.csv", tmp_path / "means.png", "toy")
-    assert (tmp_path / "m.csv").read_text() == (
-        "dataset,method,distance,accuracy,macro_f1,n_test\n"
-        "toy,nearest_class_mean,l1,1.0,1.0,10\n"
-        "toy,nearest_class_mean,l2,1.0,1.0,10\n"
-    )
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "dataset,method,distance,accuracy,accuracy_low,accuracy_high,macro_f1,n_test"
+    assert [line.split(",")[:4] + line.split(",")[5:] for line in lines[1:]] == [
+        ["toy", "nearest_class_mean", distance, "1.0", "1.0", "1.0", "10"] for distance in ("l1", "l2")]
     saved = read_baseline(tmp_path / "m.csv")
     assert list(saved.columns) == list(BASELINE_COLUMNS)
     assert np.allclose(saved.accuracy, 1.0) and (saved.n_test == 10).all()
-    assert table.shape == (2, 6)
+    # 10 of 10 right: the Wilson interval is [10 / (10 + z^2), 1] with z = 1.959964
+    assert np.allclose(saved.accuracy_low, 10 / (10 + 1.959963984540054**2), rtol=0, atol=1e-15)
+    assert table.shape == (2, 8)
     with Image.open(tmp_path / "means.png") as png:
         assert png.format == "PNG" and png.size == (440, 240)  # 4.4 x (1.9 + 0.5) inches at 100 dpi
     assert not list(tmp_path.glob(".*tmp*"))

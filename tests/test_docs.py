@@ -111,3 +111,26 @@ def test_readme_quickstart_numbers_are_the_default_study_reference(pattern):
     expected = value(read_reference(DEFAULT_REFERENCE), *HEADLINES[pattern])
     assert stated == f"{round(expected, decimals):.{decimals}f}", (
         f"README Quickstart says {stated}, {DEFAULT_REFERENCE.name} has {expected!r} for {HEADLINES[pattern]}")
+
+
+DEFAULT_TEST_IMAGES = 2000  # mnist5k's test split
+
+
+def test_readme_intervals_are_those_of_the_default_study_reference():
+    from embedscope.intervals import mcnemar_p_range, wilson_interval
+
+    quickstart = readme_section("Quickstart")
+    reference = read_reference(DEFAULT_REFERENCE)
+    accuracies = {round(float(v), 4) for v in reference.loc[reference["metric"] == "accuracy", "value"]}
+    stated = re.findall(r"(\d\.\d{4})\s+\[(\d\.\d{4}),\s+(\d\.\d{4})\]", quickstart)
+    assert len(stated) >= 9, stated
+    for number, low, high in stated:
+        assert float(number) in accuracies, f"README states an accuracy {number} that the reference lacks"
+        expected = wilson_interval(round(float(number) * DEFAULT_TEST_IMAGES), DEFAULT_TEST_IMAGES)
+        assert (low, high) == tuple(f"{v:.4f}" for v in expected), (number, low, high)
+    # the headline: scattering + logreg against the fine-tuned CNN, McNemar's p over every overlap of their errors
+    right = [round(value(reference, *key) * DEFAULT_TEST_IMAGES) for key in (
+        ("classifiers", "scattering/scattering/logreg", "accuracy"), ("cnn", "resnet18_finetuned", "test_accuracy"))]
+    least, most = mcnemar_p_range(*right, DEFAULT_TEST_IMAGES)
+    assert f"({right[0]:,} against {right[1]:,} right)" in quickstart
+    assert f"p lies between {least:.0e} and {most:.2g} whatever" in quickstart.replace("\n  ", " ")

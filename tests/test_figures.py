@@ -26,6 +26,7 @@ from embedscope.artifacts import (
     write_training_log,
     write_tsne,
 )
+from embedscope.intervals import add_intervals
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.metrics import CLASSIFIERS
 from embedscope.store import write_image_store
@@ -51,10 +52,13 @@ def write_metric_tables(root, rng):
     rows = [{"dataset": "toy", "features": f, "layer": layer, "D": 64, "classifier": c, **scores,
              "fit_seconds": 0.1} for f, layer in sets for c in CLASSIFIERS]
     rows += [{**rows[0], "classifier": c, "accuracy": a} for c, a in (("class_mean_l1", 0.8), ("cnn", 0.97))]
-    write_table(pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS), root / "classifiers.csv")
-    quality = [{"dataset": "toy", "extractor": e, "layer": layer, "D": 64, "n": 40,
-                **{c: rng.uniform(0.1, 1.0) for c in EMBEDDING_COLUMNS[5:]}} for e, layer in sets[1:]]
-    write_table(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS), root / "embedding_quality.csv")
+    write_table(add_intervals(pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS), {"accuracy": 40}),
+                root / "classifiers.csv")
+    quality = [{"dataset": "toy", "extractor": e, "layer": layer, "D": 64, "n": 40, "n_test": 40,
+                **{c: rng.uniform(0.1, 1.0) for c in EMBEDDING_COLUMNS[6:]}} for e, layer in sets[1:]]
+    quality = add_intervals(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS),
+                            {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})
+    write_table(quality, root / "embedding_quality.csv")
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +232,26 @@ def test_metric_plots(files, tmp_path):
     check_png(tmp_path / "a_acc.png", tmp_path / "b_acc.png", (round((0.45 * n_sets + 2) * 60), round(4.2 * 60)))
     check_png(tmp_path / "a_depth.png", tmp_path / "b_depth.png", (round((0.45 * n_layers + 2) * 60), round(5.5 * 60)))
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_accuracy_plots_draw_the_intervals():
+    table = add_intervals(pd.DataFrame({
+        "dataset": "toy", "features": ["pixels", "scattering", "pixels", "pixels"],
+        "layer": ["pixels", "scattering", "pixels", "pixels"], "D": 4,
+        "classifier": ["logreg", "logreg", "class_mean_l1", "cnn"], "accuracy": [0.5, 0.9, 0.6, 0.95],
+        "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5, "fit_seconds": 0.1}), {"accuracy": 20})
+    errors = figures.interval_errors(table, "accuracy")
+    assert np.allclose(errors, [table["accuracy"] - table["accuracy_low"], table["accuracy_high"] - table["accuracy"]])
+    assert figures.interval_errors(table, "macro_f1") is None
+    assert figures.interval_errors(table.assign(accuracy_low=np.nan), "accuracy")[0].tolist() == [0.0] * 4
+    ax = figures.draw_accuracy_by_layer(table, CLASSIFIERS, "toy").axes[0]
+    # one line (and error bar) per feature set of logreg: pixels, then scattering
+    segments = [seg for c in ax.containers if type(c).__name__ == "ErrorbarContainer"
+                for seg in c.lines[2][0].get_segments()]
+    assert np.allclose([s[:, 1] for s in segments], table[["accuracy_low", "accuracy_high"]].to_numpy()[:2])
+    # the baseline's and the CNN's interval bands, in data coordinates
+    bands = [(p.get_y(), p.get_y() + p.get_height()) for p in ax.patches]
+    assert np.allclose(bands, table[["accuracy_low", "accuracy_high"]].to_numpy()[2:])
 
 
 def test_compose_canvas_places_and_frames():

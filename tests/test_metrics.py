@@ -24,6 +24,7 @@ from embedscope.artifacts import (
     write_tsne,
 )
 from embedscope.baseline import compute_baseline
+from embedscope.intervals import wilson_interval
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import FeatureStoreWriter, write_image_store
 
@@ -211,8 +212,14 @@ def test_classifier_table_has_every_row_and_column(tiny_run):
         assert row["accuracy"] == pytest.approx(baseline[distance])
     cnn = table[table["classifier"] == "cnn"].iloc[0]
     assert cnn["accuracy"] == pytest.approx(9 / 12)
+    # every row's interval is over the 12 test images: 9 of 12 for the CNN
+    assert (cnn["accuracy_low"], cnn["accuracy_high"]) == pytest.approx(wilson_interval(9, 12))
+    low, high = wilson_interval(table["accuracy"].to_numpy() * 12, 12)
+    assert np.allclose(table["accuracy_low"], low) and np.allclose(table["accuracy_high"], high)
     text = md.read_text()
     assert "| features" in text and "class_mean_l1" in text and "ResNet-18 weights: random" in text
+    low, high = wilson_interval(9, 12)
+    assert f"| 0.7500 [{low:.4f}, {high:.4f}] |" in text and "Wilson score interval over the 12 test images" in text
 
 
 def test_classifier_table_is_seeded_and_matches_sklearn(tiny_run):
@@ -296,6 +303,13 @@ def test_embedding_table_has_every_row_and_matches_direct_computation(tiny_run):
     train = load_features(store, "head_pool", "train")
     assert row["nc1"] == pytest.approx(_nc1_direct(train.features.astype(np.float64), train.labels))
     assert "leave-one-out" in md.read_text()
+    # intervals: the 2-D kNN accuracy over the map's 10 points, the nearest-class-centre one over the 12 test images
+    assert len(test.labels) == 12 and (table["n_test"] == 12).all()
+    assert (row["knn_accuracy_2d_low"], row["knn_accuracy_2d_high"]) == pytest.approx(
+        wilson_interval(row["knn_accuracy_2d"] * 10, 10))
+    assert (row["ncc_accuracy_low"], row["ncc_accuracy_high"]) == pytest.approx(
+        wilson_interval(row["ncc_accuracy"] * 12, 12))
+    assert np.allclose(row["ncc_accuracy"] * 12, round(row["ncc_accuracy"] * 12))  # a whole number of images
 
 
 def test_tsne_points_outside_the_test_split_are_refused(tiny_run, tmp_path):

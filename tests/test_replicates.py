@@ -22,7 +22,8 @@ from embedscope.artifacts import (
     read_embedding_quality,
     write_table,
 )
-from embedscope.metrics import CLASSIFIER_ROW_KEYS, EMBEDDING_ROW_KEYS, add_replicates
+from embedscope.intervals import HIGH, LOW, wilson_interval
+from embedscope.metrics import CLASSIFIER_ROW_KEYS, DESCRIPTIVE_COLUMNS, EMBEDDING_ROW_KEYS, add_replicates
 
 DS = "mnist_small"
 SCORES = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "fit_seconds"]
@@ -114,8 +115,10 @@ def test_a_replicates_classifier_job_is_sized_without_the_raw_pixels():
     assert alone["mem_mb"] < with_pixels["mem_mb"] and alone["runtime"] < with_pixels["runtime"]
 
 
-def summaries_hold(table: pd.DataFrame, keys) -> int:
-    """Assert every replicated row's mean and sd rows are those of its replicate rows; return how many."""
+def summaries_hold(table: pd.DataFrame, keys, counts) -> int:
+    """Assert every replicated row's mean and sd rows are those of its replicate rows; return how many.
+
+    ``counts``: each accuracy's n (a number or a column), whose Wilson interval the mean row carries."""
     replicated = table[table[REPLICATE_COLUMN].notna()]
     groups = 0
     for _, group in replicated.groupby(list(keys), sort=False):
@@ -125,8 +128,15 @@ def summaries_hold(table: pd.DataFrame, keys) -> int:
             if column in keys or not pd.api.types.is_numeric_dtype(table[column]):
                 continue
             values = per_replicate[column].to_numpy(dtype=np.float64)
-            if column in ("D", "n", "n_quality"):
+            if column in DESCRIPTIVE_COLUMNS:
                 assert rows.loc["mean", column] == rows.loc["sd", column] == values[0]
+                continue
+            metric = column.removesuffix(LOW).removesuffix(HIGH)
+            if metric != column:  # the mean's own test-set interval; an sd is no fraction of images
+                n = counts[metric] if not isinstance(counts[metric], str) else rows.loc["mean", counts[metric]]
+                low, high = wilson_interval(rows.loc["mean", metric] * n, n)
+                assert np.isclose(rows.loc["mean", column], low if column.endswith(LOW) else high), column
+                assert np.isnan(rows.loc["sd", column]), column
                 continue
             assert np.allclose(rows.loc["mean", column], values.mean(), equal_nan=True), column
             assert np.allclose(rows.loc["sd", column], values.std(ddof=1), equal_nan=True), column
@@ -170,11 +180,13 @@ def test_a_second_replicate_of_the_small_run(small_run, tmp_path):
     assert any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in floats)
     assert (new / f"features/{DS}/replicates/1/resnet18_finetuned.zarr").is_dir()
 
-    tables = {"classifiers": (read_classifiers, CLASSIFIER_ROW_KEYS, 4 * 3 + 1),
-              "embedding_quality": (read_embedding_quality, EMBEDDING_ROW_KEYS, 4)}
-    for name, (read, keys, replicated) in tables.items():
+    n_test = yaml.safe_load((work / "config.yaml").read_text())["datasets"][DS]["n_test"]
+    tables = {"classifiers": (read_classifiers, CLASSIFIER_ROW_KEYS, 4 * 3 + 1, {"accuracy": n_test}),
+              "embedding_quality": (read_embedding_quality, EMBEDDING_ROW_KEYS, 4,
+                                    {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})}
+    for name, (read, keys, replicated, counts) in tables.items():
         table = read(new / f"metrics/{DS}/{name}.csv")
-        assert summaries_hold(table, keys) == replicated, name  # the fine-tuned layers' rows (and the CNN's)
+        assert summaries_hold(table, keys, counts) == replicated, name  # the fine-tuned layers' rows (and the CNN's)
         assert set(table.loc[table[REPLICATE_COLUMN].notna(), keys[1]]) == {"resnet18_finetuned"}
         # replicate 0 and the unreplicated rows are the first run's (classifier fit times apart)
         before = read(results / f"metrics/{DS}/{name}.csv")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedscope.intervals import HIGH, LOW, interval_columns
 from embedscope.temporaries import remove_stale
 
 
@@ -241,11 +242,20 @@ def read_collapse(path: str | os.PathLike) -> pd.DataFrame:
 
 # ---- tables: baseline, classifiers, embedding quality -------------------------------------------------------
 
-BASELINE_COLUMNS = ("dataset", "method", "distance", "accuracy", "macro_f1", "n_test")
-CLASSIFIER_COLUMNS = ("dataset", "features", "layer", "D", "classifier", "accuracy", "macro_precision",
-                      "macro_recall", "macro_f1", "fit_seconds")
-EMBEDDING_COLUMNS = ("dataset", "extractor", "layer", "D", "n", "n_quality", "trustworthiness", "knn_accuracy_2d",
-                     "silhouette_features", "silhouette_2d", "ncc_accuracy", "nc1")
+# Each accuracy column is followed by its 95% Wilson interval, <metric>_low and <metric>_high
+# (embedscope.intervals); n is the baseline's n_test, the test split for classifiers, and for the embedding
+# table the map's n (knn_accuracy_2d) and the test split's n_test (ncc_accuracy).
+BASELINE_ACCURACIES = ("accuracy",)
+CLASSIFIER_ACCURACIES = ("accuracy",)
+EMBEDDING_ACCURACIES = ("knn_accuracy_2d", "ncc_accuracy")
+BASELINE_COLUMNS = interval_columns(("dataset", "method", "distance", "accuracy", "macro_f1", "n_test"),
+                                    BASELINE_ACCURACIES)
+CLASSIFIER_COLUMNS = interval_columns(("dataset", "features", "layer", "D", "classifier", "accuracy",
+                                       "macro_precision", "macro_recall", "macro_f1", "fit_seconds"),
+                                      CLASSIFIER_ACCURACIES)
+EMBEDDING_COLUMNS = interval_columns(("dataset", "extractor", "layer", "D", "n", "n_test", "n_quality",
+                                      "trustworthiness", "knn_accuracy_2d", "silhouette_features", "silhouette_2d",
+                                      "ncc_accuracy", "nc1"), EMBEDDING_ACCURACIES)
 # one row per ordered pair of layers (pixels first, then every extractor's layers in depth order), both orders
 CKA_COLUMNS = ("dataset", "features_a", "layer_a", "D_a", "features_b", "layer_b", "D_b", "n", "cka")
 TABLE_FLOAT_FORMAT = ".4f"  # Markdown only; the CSV keeps full precision
@@ -255,10 +265,24 @@ REPLICATE_COLUMN = "replicate"
 REPLICATE_SUMMARIES = ("mean", "sd")
 
 
+def with_bracketed_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """Each metric that has ``<metric>_low``/``_high`` columns as one text column ``0.9805 [0.9735, 0.9857]``
+    (floats to TABLE_FLOAT_FORMAT; the bare value where the interval is NaN), its interval columns dropped."""
+    table = table.copy()
+    for metric in [c for c in table.columns if c + LOW in table.columns and c + HIGH in table.columns]:
+        table[metric] = [
+            f"{v:{TABLE_FLOAT_FORMAT}}" + ("" if pd.isna(lo) or pd.isna(hi)
+                                            else f" [{lo:{TABLE_FLOAT_FORMAT}}, {hi:{TABLE_FLOAT_FORMAT}}]")
+            for v, lo, hi in zip(table[metric], table[metric + LOW], table[metric + HIGH], strict=True)]
+        table = table.drop(columns=[metric + LOW, metric + HIGH])
+    return table
+
+
 def markdown_table(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
-    """``# title``, one bullet per note, then the table (floats to four places)."""
+    """``# title``, one bullet per note, then the table (floats to four places, intervals in brackets beside
+    their metric: :func:`with_bracketed_intervals`)."""
     text = f"# {title}\n\n" + "".join(f"- {note}\n" for note in notes) + "\n"
-    return text + table.to_markdown(index=False, floatfmt=TABLE_FLOAT_FORMAT) + "\n"
+    return text + with_bracketed_intervals(table).to_markdown(index=False, floatfmt=TABLE_FLOAT_FORMAT) + "\n"
 
 
 def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike | None = None,

@@ -7,6 +7,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from embedscope.artifacts import BASELINE_COLUMNS, save_figure, write_table
+from embedscope.intervals import add_intervals
 from embedscope.store import iter_image_chunks, open_complete
 
 DISTANCES = ("l1", "l2")
@@ -122,6 +123,7 @@ def compute_baseline(image_store, metrics_csv, class_means_png, dataset: str = "
     means, y_test, predictions = streamed_baseline(image_store, len(class_names))
     table = baseline_table(y_test, predictions, len(class_names))
     table.insert(0, "dataset", dataset)
+    table = add_intervals(table, {"accuracy": "n_test"})
     write_table(table[list(BASELINE_COLUMNS)], metrics_csv)
     n_train = sum(attrs["counts"]["train"].values())
     l1 = table.loc[table.distance == "l1", "accuracy"].item()

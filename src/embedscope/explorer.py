@@ -31,6 +31,7 @@ from embedscope.artifacts import (
     read_tsne,
     write_text,
 )
+from embedscope.intervals import HIGH, LOW
 from embedscope.store import read_image_index, read_image_rows
 
 log = logging.getLogger("embedscope.explorer")
@@ -38,15 +39,16 @@ log = logging.getLogger("embedscope.explorer")
 QUALITY_LABELS = {
     "D": "feature dimension D",
     "n": "points n",
+    "n_test": "test images (nearest class centre)",
     "n_quality": "points of trustworthiness and silhouettes",
     "trustworthiness": "t-SNE trustworthiness",
-    "knn_accuracy_2d": "kNN accuracy in the 2-D map",
+    "knn_accuracy_2d": "kNN accuracy in the 2-D map [95% interval]",
     "silhouette_features": "silhouette (features)",
     "silhouette_2d": "silhouette (2-D map)",
-    "ncc_accuracy": "nearest class centre accuracy",
+    "ncc_accuracy": "nearest class centre accuracy [95% interval]",
     "nc1": "NC1 (within/between class variability)",
 }
-COUNT_COLUMNS = ("D", "n", "n_quality")  # shown as whole numbers; the other quality columns to 3 decimals
+COUNT_COLUMNS = ("D", "n", "n_test", "n_quality")  # shown as whole numbers; the other columns to 3 decimals
 STATUS_FACTORS = ("correct", "misclassified", "no prediction")
 STATUS_MARKERS = ("circle", "triangle", "circle")
 
@@ -171,6 +173,18 @@ def quality_labels(trustworthiness_k: int | None = None) -> dict[str, str]:
     return labels
 
 
+def quality_value(row: pd.Series, column: str) -> str:
+    """One quality number as the page shows it: counts whole, the rest to 3 decimals, and an accuracy with
+    its 95% interval (``<column>_low``/``_high`` of the table, where present and not NaN) in brackets."""
+    if column in COUNT_COLUMNS:
+        return f"{int(row[column])}"
+    text = f"{float(row[column]):.3f}"
+    low, high = row.get(column + LOW), row.get(column + HIGH)
+    if low is not None and high is not None and pd.notna(low) and pd.notna(high):
+        text += f" [{float(low):.3f}, {float(high):.3f}]"
+    return text
+
+
 def quality_tables(
     quality_csv: str | os.PathLike | None, maps: Sequence[tuple[str, str, object]], dataset: str | None,
     trustworthiness_k: int | None = None,
@@ -192,8 +206,7 @@ def quality_tables(
         for column, label in quality_labels(trustworthiness_k).items():
             value = "n/a"
             if row is not None and column in row.index and pd.notna(row[column]):
-                number = row[column]
-                value = f"{int(number)}" if column in COUNT_COLUMNS else f"{float(number):.3f}"
+                value = quality_value(row, column)
             lines.append(f"<tr><td>{html.escape(label)}</td><td style='text-align:right'>{value}</td></tr>")
         lines.append("</table>")
         if row is None:

@@ -664,27 +664,47 @@ def metrics_width(n_positions: int) -> float:
     return max(6.0, 0.45 * n_positions + 2)
 
 
+DODGE = 0.12  # x offset between series drawn at the same layer, in layer positions
+
+
+def interval_errors(part: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """(2, n) distances below and above each ``metric`` value to its interval (``<metric>_low``/``_high``),
+    as matplotlib's ``yerr`` takes them; 0 where the interval is missing; None when the table has none."""
+    if f"{metric}_low" not in part.columns or f"{metric}_high" not in part.columns:
+        return None
+    value = part[metric].to_numpy(dtype=np.float64)
+    below = value - part[f"{metric}_low"].to_numpy(dtype=np.float64)
+    above = part[f"{metric}_high"].to_numpy(dtype=np.float64) - value
+    return np.nan_to_num(np.clip(np.vstack([below, above]), 0, None), nan=0.0)
+
+
 def draw_accuracy_by_layer(table: pd.DataFrame, classifiers: Sequence[str], title: str) -> Figure:
-    """Test accuracy per feature set, one line per fitted classifier (``classifiers``, in colour order);
-    every other row of the classifier table (class-mean baselines, the CNN) as a dashed horizontal line."""
+    """Test accuracy per feature set, one line per fitted classifier (``classifiers``, in colour order), with
+    its 95% interval as error bars; every other row of the classifier table (class-mean baselines, the CNN) as
+    a dashed horizontal line over a band of its interval."""
     fitted = table[table["classifier"].isin(classifiers)]
     order, position = layer_axis(fitted, "features")
     fig = Figure(figsize=(metrics_width(len(order)), 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for name in [c for c in classifiers if c in set(fitted["classifier"])]:
+    drawn = [c for c in classifiers if c in set(fitted["classifier"])]
+    for rank, name in enumerate(drawn):
         rows = fitted[fitted["classifier"] == name]
+        dodge = DODGE * (rank - (len(drawn) - 1) / 2)  # side by side, so the error bars of one x do not overlap
         for features in dict.fromkeys(rows["features"]):
             part = rows[rows["features"] == features]
-            xs = [position[(features, layer)] for layer in part["layer"]]
-            ax.plot(xs, part["accuracy"], marker="o", ms=4, color=f"C{list(classifiers).index(name)}",
-                    label=name if features == rows["features"].iloc[0] else None)
+            xs = [position[(features, layer)] + dodge for layer in part["layer"]]
+            ax.errorbar(xs, part["accuracy"], yerr=interval_errors(part, "accuracy"), marker="o", ms=4,
+                        capsize=2, elinewidth=0.8, color=f"C{list(classifiers).index(name)}",
+                        label=name if features == rows["features"].iloc[0] else None)
     extra = table[~table["classifier"].isin(classifiers)]
     for offset, (_, row) in enumerate(extra.iterrows()):
-        ax.axhline(row["accuracy"], ls="--", lw=1, color=f"C{len(classifiers) + offset}",
-                   label=f"{row['classifier']} ({row['accuracy']:.3f})")
+        colour = f"C{len(classifiers) + offset}"
+        ax.axhline(row["accuracy"], ls="--", lw=1, color=colour, label=f"{row['classifier']} ({row['accuracy']:.3f})")
+        if pd.notna(row.get("accuracy_low")) and pd.notna(row.get("accuracy_high")):
+            ax.axhspan(row["accuracy_low"], row["accuracy_high"], color=colour, alpha=0.12, lw=0)
     ax.set_xticks(range(len(order)), [layer if layer == f else f"{f}:{layer}" for f, layer in order],
                   rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (95% Wilson)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -693,8 +713,8 @@ def draw_accuracy_by_layer(table: pd.DataFrame, classifiers: Sequence[str], titl
 
 
 def draw_depth(quality: pd.DataFrame, title: str) -> Figure:
-    """NC1 (top, log scale when positive) and the 2-D kNN and nearest-class-centre accuracies (bottom) per
-    layer, one colour per extractor."""
+    """NC1 (top, log scale when positive) and the 2-D kNN and nearest-class-centre accuracies with their 95%
+    intervals (bottom) per layer, one colour per extractor."""
     order, position = layer_axis(quality, "extractor")
     fig = Figure(figsize=(metrics_width(len(order)), 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -702,16 +722,18 @@ def draw_depth(quality: pd.DataFrame, title: str) -> Figure:
         part = quality[quality["extractor"] == extractor]
         xs = [position[(extractor, layer)] for layer in part["layer"]]
         top.plot(xs, part["nc1"], marker="o", ms=4, color=f"C{i}", label=extractor)
-        bottom.plot(xs, part["knn_accuracy_2d"], marker="o", ms=4, color=f"C{i}", label=f"{extractor}: 2-D kNN")
-        bottom.plot(xs, part["ncc_accuracy"], marker="s", ms=3, ls=":", color=f"C{i}",
-                    label=f"{extractor}: nearest class centre")
+        bottom.errorbar(xs, part["knn_accuracy_2d"], yerr=interval_errors(part, "knn_accuracy_2d"), marker="o",
+                        ms=4, capsize=2, elinewidth=0.8, color=f"C{i}", label=f"{extractor}: 2-D kNN")
+        bottom.errorbar([x + DODGE for x in xs], part["ncc_accuracy"], yerr=interval_errors(part, "ncc_accuracy"),
+                        marker="s", ms=3, ls=":", capsize=2, elinewidth=0.8, color=f"C{i}",
+                        label=f"{extractor}: nearest class centre")
     if (quality["nc1"] > 0).all():
         top.set_yscale("log")
     top.set_ylabel("NC1 (train split)")
     top.grid(alpha=0.3)
     top.legend(fontsize=7)
     top.set_title(title, fontsize=9)
-    bottom.set_ylabel("accuracy")
+    bottom.set_ylabel("accuracy (95% Wilson)")
     bottom.set_ylim(0, 1.02)
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=6, loc="lower right")

@@ -7,6 +7,9 @@
   leave-one-out kNN accuracy in the 2-D map, silhouettes in feature space and in 2-D, nearest-class-centre
   accuracy, and the within-class variability collapse NC1 of Papyan et al. (2020).
 
+Every accuracy of both tables is followed by its 95% Wilson score interval (``<metric>_low``/``_high``,
+:mod:`embedscope.intervals`), added to the finished table by :func:`embedscope.intervals.add_intervals`.
+
 Every input and both tables are read and written through :mod:`embedscope.artifacts`; their summary figures are drawn by
 :func:`embedscope.figures.plot_metrics`.
 """
@@ -37,6 +40,7 @@ from embedscope.artifacts import (
     write_table,
 )
 from embedscope.baseline import streamed_baseline
+from embedscope.intervals import add_intervals, interval_note
 from embedscope.layers import EXTRACTOR_LAYERS
 from embedscope.store import StoreError, load_features, pixel_rows, read_image_index
 
@@ -491,7 +495,8 @@ def classifier_table(image_store, extractors: Sequence[str], feature_stores: Seq
             rows += baseline_rows(image_store, baseline_csv, dataset, n_classes)
         if predictions_csv is not None:
             rows.append(cnn_row(predictions_csv, data, dataset))
-    return pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS)
+    # every row is scored on the whole test split: fitted classifiers, the baseline and the CNN alike
+    return add_intervals(pd.DataFrame(rows, columns=CLASSIFIER_COLUMNS), {"accuracy": len(data.indices("test"))})
 
 
 def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, predictions_csv, csv_path, md_path,
@@ -507,6 +512,7 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
     table = add_replicates(table, [read_classifiers(path) for path in replicate_csvs], CLASSIFIER_ROW_KEYS)
     data = read_image_index(image_store)
     n_train, n_test = len(data.indices("train")), len(data.indices("test"))
+    table = replicate_intervals(table, {"accuracy": n_test})
     notes = [
         f"Fitted on the train split ({n_train} images), scored on the test split ({n_test} images); seed {seed}.",
         f"`pixels`: raw pixels / 255. `logreg`: StandardScaler + lbfgs LogisticRegression "
@@ -515,6 +521,7 @@ def evaluate_classifiers(image_store, extractors, feature_stores, baseline_csv, 
         "`class_mean_l1`/`l2`: nearest class-mean image (the report's baseline); `cnn`: the fine-tuned "
         "ResNet-18's own predictions (no fit time: see its training benchmark).",
         "Precision, recall and F1 are macro averages over classes; `fit_seconds` times the fit only.",
+        interval_note(f"the {n_test} test images"),
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
@@ -589,7 +596,8 @@ def embedding_row(store, extractor: str, layer: str, tsne_csv, settings=None, da
     rows = map_rows(test, tsne, tsne_csv, store, layer)
     embedding = tsne[["x", "y"]].to_numpy(dtype=np.float64) if use_map else None
     row = {"dataset": dataset, "extractor": extractor, "layer": layer, "D": int(test.features.shape[1]),
-           "n": len(rows), **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
+           "n": len(rows), "n_test": len(test.labels),
+           **map_quality(test.features[rows], embedding, test.labels[rows], settings, seed)}
     train = load_features(store, layer, "train")
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
     statistics = class_statistics(train.features, train.labels, n_classes)
@@ -618,7 +626,8 @@ def embedding_table(extractors, feature_stores, tsne_csvs, dataset: str = "", se
         for (extractor, store, layer), csv in progress(list(zip(pairs, tsne_csvs, strict=True)), desc="layers"):
             rows.append(embedding_row(store, extractor, layer, csv, settings, dataset, seed, use_maps))
             log.info("%s/%s: %s", extractor, layer, rows[-1])
-    return pd.DataFrame(rows, columns=EMBEDDING_COLUMNS)
+    return add_intervals(pd.DataFrame(rows, columns=EMBEDDING_COLUMNS),
+                         {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})
 
 
 def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path, dataset: str = "", settings=None,
@@ -631,6 +640,7 @@ def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path
     settings = _settings(settings)
     table = embedding_table(extractors, feature_stores, tsne_csvs, dataset, settings, threads, seed)
     table = add_replicates(table, [read_embedding_quality(path) for path in replicate_csvs], EMBEDDING_ROW_KEYS)
+    table = replicate_intervals(table, {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})
     n_quality = sorted({int(v) for v in table["n_quality"]})
     notes = [
         f"`n` points: those of the t-SNE map (its `index` column), the test split or its seeded subset; "
@@ -642,10 +652,11 @@ def evaluate_embeddings(extractors, feature_stores, tsne_csvs, csv_path, md_path
         "`silhouette_features`/`silhouette_2d`: Euclidean silhouette of the class labels in the layer's feature "
         "space / in the 2-D map.",
         "`ncc_accuracy`: nearest class centre in feature space, centres = class means of the train split, "
-        "scored on the whole test split.",
+        "scored on the whole test split (`n_test` images).",
         "`nc1` = trace(S_W pinv(S_B)) / C (Papyan et al. 2020) on the train split's features: S_W the "
         "within-class covariance averaged over classes, S_B the covariance of the class means around the "
         "global mean; near 0 = every class collapsed onto its mean.",
+        interval_note("the `n` map points (`knn_accuracy_2d`) or the `n_test` test images (`ncc_accuracy`)"),
     ]
     if weights is not None and any(e.startswith("resnet18") for e in extractors):
         notes.append(f"ResNet-18 weights: {weights}.")
@@ -675,7 +686,7 @@ FINETUNED = "resnet18_finetuned"
 CLASSIFIER_ROW_KEYS = ("dataset", "features", "layer", "classifier")
 EMBEDDING_ROW_KEYS = ("dataset", "extractor", "layer")
 # Columns that describe a row rather than score it: equal in every replicate, kept as they are in the summaries.
-DESCRIPTIVE_COLUMNS = ("D", "n", "n_quality")
+DESCRIPTIVE_COLUMNS = ("D", "n", "n_test", "n_quality")
 
 
 def replicate_notes(replicates: int, seed: int) -> list[str]:
@@ -685,6 +696,14 @@ def replicate_notes(replicates: int, seed: int) -> list[str]:
             f"{seed} + r on the same split (0 is the run the figures show), then their `mean` and sample "
             "standard deviation `sd` (ddof = 1) over the replicates; empty on rows that fine-tuning does not "
             "change. A summary is empty where a replicate lacks the value."]
+
+
+def replicate_intervals(table: pd.DataFrame, counts: Mapping[str, object]) -> pd.DataFrame:
+    """The intervals of a table with replicate rows taken anew rather than averaged: a ``mean`` row gets the
+    test-set interval at the mean accuracy, an ``sd`` row none (it is not a fraction of the images)."""
+    if REPLICATE_COLUMN not in table.columns:
+        return table
+    return add_intervals(table, counts, where=table[REPLICATE_COLUMN].astype(str) != "sd")
 
 
 def add_replicates(table: pd.DataFrame, replicates: Sequence[pd.DataFrame], keys: Sequence[str]) -> pd.DataFrame:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from embedscope.artifacts import EMBEDDING_COLUMNS, write_predictions, write_table, write_tsne
+from embedscope.intervals import add_intervals
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -170,7 +171,8 @@ def synthetic_map(labels: np.ndarray, m: int, n_classes: int, rng: np.random.Gen
 def synthetic_quality_row(extractor: str, layer: str, m: int, n_points: int) -> dict[str, object]:
     """An embedding-quality row whose numbers tell map ``m`` apart (trustworthiness 0.9 + m / 1000, ...)."""
     return {"dataset": "synthetic", "extractor": extractor, "layer": layer, "D": 64 * (m + 1), "n": n_points,
-            "n_quality": n_points, "trustworthiness": 0.9 + m / 1000, "knn_accuracy_2d": 0.5 + m / 100,
+            "n_test": n_points, "n_quality": n_points, "trustworthiness": 0.9 + m / 1000,
+            "knn_accuracy_2d": 0.5 + m / 100,
             "silhouette_features": 0.1 + m / 100, "silhouette_2d": 0.2 + m / 100, "ncc_accuracy": 0.6 + m / 100,
             "nc1": 3.0 - m / 10}
 
@@ -223,7 +225,9 @@ def write_synthetic_inputs(
         write_tsne(path, table)
         triples.append((extractor, layer, str(path)))
         quality.append(synthetic_quality_row(extractor, layer, m, n_points))
-    write_table(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS), folder / "embedding_quality.csv")
+    quality = add_intervals(pd.DataFrame(quality, columns=EMBEDDING_COLUMNS),
+                            {"knn_accuracy_2d": "n", "ncc_accuracy": "n_test"})
+    write_table(quality, folder / "embedding_quality.csv")
     return {
         "image_store": str(folder / "data.zarr"),
         "maps": triples,
