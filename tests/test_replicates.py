@@ -22,18 +22,22 @@ from embedscope.artifacts import (
     read_embedding_quality,
     write_table,
 )
-from embedscope.intervals import HIGH, LOW, wilson_interval
+from embedscope.intervals import HIGH, LOW, add_intervals, wilson_interval
 from embedscope.metrics import CLASSIFIER_ROW_KEYS, DESCRIPTIVE_COLUMNS, EMBEDDING_ROW_KEYS, add_replicates
 
 DS = "mnist_small"
-SCORES = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "fit_seconds"]
+SCORES = ["accuracy", "accuracy_low", "accuracy_high", "macro_precision", "macro_recall", "macro_f1", "fit_seconds"]
 
 
 def classifier_rows(rows):
-    """A classifier table from (features, layer, classifier, accuracy, fit_seconds) tuples."""
-    return pd.DataFrame([{"dataset": "toy", "features": f, "layer": layer, "D": 4, "classifier": c,
-                          "accuracy": a, "macro_precision": a / 2, "macro_recall": a / 4, "macro_f1": a / 8,
-                          "fit_seconds": s} for f, layer, c, a, s in rows])
+    """A classifier table from (features, layer, classifier, accuracy, fit_seconds) tuples, its accuracies'
+    intervals over 100 test images."""
+    return add_intervals(pd.DataFrame([{"dataset": "toy", "features": f, "layer": layer, "D": 4, "classifier": c,
+                                        "accuracy": a, "macro_precision": a / 2, "macro_recall": a / 4,
+                                        "macro_f1": a / 8, "fit_seconds": s} for f, layer, c, a, s in rows],
+                                      columns=["dataset", "features", "layer", "D", "classifier", "accuracy",
+                                               "macro_precision", "macro_recall", "macro_f1", "fit_seconds"]),
+                         {"accuracy": 100})
 
 
 def test_add_replicates_on_a_hand_made_table():
