@@ -53,9 +53,10 @@ CKA_VARIANT = "linear CKA, plain (biased) HSIC estimator (Kornblith et al. 2019)
 # more than any layer of MNIST has (scattering: 3,969), so each layer's Gram there is one matrix product.
 GRAM_BLOCK_BYTES = 64 * 1024 * 1024
 FROZEN, FINETUNED = "resnet18", "resnet18_finetuned"
-# ||recomputed - stored|| / ||stored|| (Frobenius) the fine-tuned layer4 of the subsample may show: on one CPU the
-# two agree to ~1e-7 (batches of other images); a store extracted on a GPU (TF32 convolutions by default) differs
-# in the third or fourth digit; a checkpoint that is not the store's differs by the order of 1.
+# ||recomputed - stored|| / ||stored|| (Frobenius) the fine-tuned layer4 of the subsample may show. On the CPU the
+# two agree (0 in the default study, though the batches hold other images); a store extracted on a GPU, where
+# cuDNN may use TF32 convolutions, is expected to differ in the last three or four digits (not measured here),
+# and a checkpoint that is not the store's by far more.
 LAYER4_TOLERANCE = 1e-2
 
 
