@@ -10,7 +10,13 @@ from snakemake.utils import validate
 # The workflow's library lives in src/; make it importable for the helpers below even without an install.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from embedscope.layers import EXTRACTOR_LAYERS, ACTIVATION_EXTRACTORS, BODY_LAYERS  # noqa: E402
+from embedscope.layers import (  # noqa: E402
+    ACTIVATION_EXTRACTORS,
+    BODY_CHANNELS,
+    BODY_LAYERS,
+    EXTRACTOR_LAYERS,
+    FINETUNED_BODY_ONLY,
+)
 from embedscope.configcheck import check_config  # noqa: E402
 from embedscope.gpus import candidate_devices  # noqa: E402
 from embedscope.download import staged_paths  # noqa: E402
@@ -281,10 +287,17 @@ def embedding_size(wildcards, threads):
 
 
 def cka_size(wildcards, threads):
-    """Resources of layer_similarity: the raw pixels' width (H W C) beside every layer's."""
+    """Resources of layer_similarity: the raw pixels' width (H W C) beside every layer's; with fine-tuning, the
+    fine-tuned body's layers its store lacks too, and the forward pass that computes them."""
     n_train, n_test = splits_of(wildcards.dataset)
-    widths = [math.prod(extent_of(wildcards.dataset).image_shape), *widths_of(wildcards.dataset).values()]
-    return cka_resources(n_train + n_test, n_test, config["metrics"]["cka_points"], widths, threads)
+    shape = extent_of(wildcards.dataset).image_shape
+    widths = [math.prod(shape), *widths_of(wildcards.dataset).values()]
+    body = "resnet18_finetuned" in EXTRACTORS
+    if body:
+        widths += [BODY_CHANNELS[layer] for layer in FINETUNED_BODY_ONLY]
+    return cka_resources(n_train + n_test, n_test, config["metrics"]["cka_points"], widths, threads,
+                         network_input=shape if body else None, resize=config["resnet18"]["resize"],
+                         batch_size=config["resnet18"]["batch_size"])
 
 
 def replicate_embedding_size(wildcards, threads):

@@ -150,11 +150,14 @@ rule plot_metrics:
         "../workflow_scripts/plot_metrics.py"
 
 
-# Linear CKA reads the stores only; its figure rule alone sees the dpi and the weights (named in the heatmap).
+# Linear CKA reads the stores (and the fine-tuned checkpoint, for the body layers its store lacks); its figure
+# rule alone sees the dpi and the weights (named in the heatmap).
 rule layer_similarity:
     input:
         images=IMAGES,
         stores=lambda w: [store_path(w.dataset, extractor) for extractor in EXTRACTORS],
+        # The fine-tuned body's layers before layer4 are not in its store: computed for the subsample from here.
+        model=lambda w: MODEL.format(dataset=w.dataset) if "resnet18_finetuned" in EXTRACTORS else [],
     output:
         csv=report_entry(CKA_TABLE, "cka", "Metrics", table="layer similarity (CKA)"),
         md=f"{METRICS}/cka.md",
@@ -162,6 +165,10 @@ rule layer_similarity:
         extractors=EXTRACTORS,
         points=config["metrics"]["cka_points"],
         seed=config["seed"],
+        # a forward pass of cka_points images: the CPU does it in seconds to a minute, bit-identical run to run,
+        # and the job holds no GPU
+        device="cpu",
+        batch_size=config["resnet18"]["batch_size"],
     log:
         f"{LOGS}/metrics/{{dataset}}/cka.log",
     benchmark:

@@ -1,5 +1,7 @@
 """Job sizes from the data: the memory and time requests of ingest and baseline, to the megabyte and minute."""
 
+import math
+
 import pytest
 
 from embedscope.footprint import (
@@ -224,3 +226,17 @@ def test_cka_size_by_hand():
     assert cka_resources(60000, 10000, 2000, cifar, 2) == {"mem_mb": 1712, "runtime": 8}
     # 10,000 points: the Grams grow with the square, 15 x 800 MB
     assert cka_resources(70000, 10000, 10000, widths, 2)["mem_mb"] == 16155
+    # with fine-tuning, the default study's table also holds the fine-tuned body's conv1 ... layer3 (7 more sets,
+    # 704 values) and runs the body over the 2,000 images on the CPU, 256 at a time, which makes it a torch job:
+    # 22 x 8 x 2,000^2 + 31.752e6 + 63.504e6 + 0.12e6 + 16e6 = 815.376 MB -> ceil(1.25 x 815.376) = 1,020, and
+    # 256 x 784 (uint8 batch) + 256 x 3 x 784 x 4 + 256 x 100 x 784 x 4 + 8 x (11,176,512 + 527,872) (the model
+    # twice) + 2 x 2,000 x 1,216 x 4 (the pooled body) = 195.98 MB -> ceil(1.5 x 195.98) = 294: 1,100 + 1,020 + 294;
+    # runtime 5 + ceil(1.25 x (10 + (2,000^2 x 8,731 + 21^2 / 2 x 2,000^2) x 1 ns / 2 + 5,000 x 8,731 x 4 B / 100 MB/s)
+    # / 60) + ceil(4 x 2,000 x (5 ms + 784 x 1 us) / 60) = 6 + 1
+    body = [64, 64, 64, 64, 64, 128, 256]
+    assert cka_resources(5000, 2000, 2000, widths + body, 2, network_input=(28, 28, 1), batch_size=256) == {
+        "mem_mb": 2414, "runtime": 7}
+    # at 224 x 224, the forward pass's 256 x 100 x 50,176 x 4 B dominate, as in extraction
+    forward = 256 * 224 * 224 * 4 * 103 + 256 * 784 + 8 * (11_176_512 + 527_872) + 2 * 2000 * 1216 * 4
+    resized = cka_resources(5000, 2000, 2000, widths + body, 2, network_input=(28, 28, 1), resize=224)
+    assert resized["mem_mb"] == 1100 + 1020 + math.ceil(1.5 * forward / 1e6)

@@ -197,3 +197,155 @@ def test_a_stale_store_is_refused(stores, tmp_path):
         writer.write("scattering", 0, stores["values"]["scattering", "scattering"])
     with pytest.raises(StoreError, match="labels of the CKA subsample disagree"):
         cka_table(stores["data"], ["scattering"], [stale], n_points=6)
+
+
+# ---- the fine-tuned body's layers, computed for the subsample from the checkpoint -----------------------------
+
+
+def save_toy_checkpoint(path, model, class_names, seed=0):
+    from embedscope.checkpoint import save_checkpoint
+
+    training = {"optimizer": {}, "scheduler": {}, "scaler": {}, "stage": 2, "epoch": 0}
+    config = {"resnet18": {"weights": "random", "resize": None}, "finetune": {}, "seed": seed}
+    save_checkpoint(path, model, training, class_names, config, "toy", {"accuracy": 0.5, "loss": 1.0}, 0.0)
+
+
+def nudged(model, layers, scale, seed):
+    """``model`` with noise added to every parameter and running mean of the body children ``layers``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            for name, value in getattr(model.body, layer).state_dict(keep_vars=True).items():
+                if value.dtype.is_floating_point and not name.endswith("running_var"):
+                    value.add_(scale * torch.randn(value.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory):
+    """An image store (3 classes x 15 images of 16 x 16, 15 test), the frozen resnet18 store (random weights, seed
+    0), a "fine-tuned" checkpoint whose network is that one with layer3 and layer4 moved (and a head), its store,
+    and a second checkpoint whose layer4 is not the store's."""
+    from embedscope.features import extract_features
+    from embedscope.resnet import FinetunedResNet18
+
+    root = tmp_path_factory.mktemp("cka_networks")
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 15)
+    images = rng.integers(0, 256, size=(45, 16, 16, 1)).astype(np.uint8)
+    images[labels == 1, :8] //= 4  # some class structure for the layers to show
+    split = np.tile([0, 0, 1], 15).astype(np.uint8)
+    classes = ["a", "b", "c"]
+    data = root / "data.zarr"
+    write_image_store(data, images, labels, split, classes)
+    frozen = root / "resnet18.zarr"
+    extract_features(data, frozen, "resnet18", {"weights": "random", "resize": None}, batch_size=8, seed=0)
+    model = nudged(FinetunedResNet18(len(classes), "random", seed=0), ["layer3", "layer4"], 0.05, seed=1).eval()
+    checkpoint, other = root / "finetuned.pt", root / "other.pt"
+    save_toy_checkpoint(checkpoint, model, classes)
+    tuned = root / "resnet18_finetuned.zarr"
+    extract_features(data, tuned, "resnet18_finetuned", batch_size=8, model_path=checkpoint)
+    save_toy_checkpoint(other, nudged(FinetunedResNet18(len(classes), "random", seed=0), ["layer4"], 0.5, seed=2),
+                        classes)
+    return {"data": data, "frozen": frozen, "tuned": tuned, "checkpoint": checkpoint, "other": other,
+            "model": model, "images": images, "root": root}
+
+
+def direct_body(model, images):
+    """The body children's outputs, each averaged over space, by a hand-rolled forward pass."""
+    import torch
+
+    from embedscope.resnet import preprocess
+
+    layers = {}
+    with torch.no_grad():
+        x = preprocess(images)
+        for name, child in model.body.named_children():
+            x = child(x)
+            layers[name] = x.mean(dim=(2, 3)).numpy().copy()  # before the next child (ReLU is in place)
+    return layers
+
+
+def test_the_finetuned_body_layers_equal_a_direct_forward_pass_and_layer4_the_stores(networks):
+    from embedscope.layers import BODY_LAYERS
+    from embedscope.similarity import finetuned_body_rows
+
+    sample = cka_sample(networks["data"], 12, seed=0)
+    rows = finetuned_body_rows(networks["checkpoint"], networks["data"], sample, batch_size=5)
+    expected = direct_body(networks["model"], networks["images"][sample])
+    assert list(rows) == list(BODY_LAYERS) == list(expected)
+    for layer in BODY_LAYERS:
+        assert rows[layer].dtype == np.float32 and rows[layer].shape == expected[layer].shape, layer
+        assert np.allclose(rows[layer], expected[layer], rtol=1e-5, atol=1e-6), layer
+    stored = load_feature_rows(networks["tuned"], "layer4", sample).features
+    assert np.allclose(rows["layer4"], stored, rtol=1e-5, atol=1e-6)
+
+
+def test_the_table_has_the_finetuned_body_and_its_same_layer_diagonal(networks):
+    from embedscope.layers import BODY_LAYERS, CKA_LAYERS, FINETUNED_BODY_ONLY
+    from embedscope.similarity import same_layer_cka
+
+    extractors = ["resnet18", "resnet18_finetuned"]
+    table = cka_table(networks["data"], extractors, [networks["frozen"], networks["tuned"]], n_points=12, seed=0,
+                      model_path=networks["checkpoint"], batch_size=5)
+    names, matrix = cka_matrix(table)
+    assert names == [("pixels", "pixels"), *[(e, layer) for e in extractors for layer in CKA_LAYERS[e]]]
+    assert CKA_LAYERS["resnet18_finetuned"] == (*BODY_LAYERS, "head_pool", "head_hidden", "softmax")
+    sample = cka_sample(networks["data"], 12, seed=0)
+    sets = {("pixels", "pixels"): networks["images"][sample].reshape(12, -1).astype(np.float32) / 255.0}
+    body = direct_body(networks["model"], networks["images"][sample])
+    for extractor, store in zip(extractors, [networks["frozen"], networks["tuned"]], strict=True):
+        for layer in EXTRACTOR_LAYERS[extractor]:
+            sets[extractor, layer] = load_feature_rows(store, layer, sample).features
+    sets |= {("resnet18_finetuned", layer): body[layer] for layer in FINETUNED_BODY_ONLY}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            assert np.isclose(matrix[i, j], direct_cka(sets[a], sets[b]), rtol=1e-5), (a, b)
+    assert table.attrs["layer4_difference"] < 1e-6
+    same = same_layer_cka(table)
+    assert list(same["layer"]) == list(BODY_LAYERS)
+    values = dict(zip(same["layer"], same["cka"], strict=True))
+    # conv1 ... layer2 were not moved: the same layer up to the last bits; layer3 and layer4 were
+    assert all(np.isclose(values[layer], 1.0, rtol=0, atol=1e-6) for layer in BODY_LAYERS[:6]), values
+    assert values["layer3"] < 0.999 and values["layer4"] < 0.999, values
+    # without the checkpoint the fine-tuned block is its store's layers, as before
+    plain = cka_table(networks["data"], extractors, [networks["frozen"], networks["tuned"]], n_points=12, seed=0)
+    assert cka_matrix(plain)[0] == [("pixels", "pixels"), *[(e, layer) for e in extractors
+                                                            for layer in EXTRACTOR_LAYERS[e]]]
+    assert plain.attrs["layer4_difference"] is None and same_layer_cka(plain)["layer"].tolist() == ["layer4"]
+
+
+def test_a_checkpoint_that_is_not_the_stores_is_refused(networks):
+    with pytest.raises(StoreError, match="layer4 differs from the checkpoint's layer4"):
+        cka_table(networks["data"], ["resnet18", "resnet18_finetuned"], [networks["frozen"], networks["tuned"]],
+                  n_points=12, model_path=networks["other"])
+
+
+def test_both_networks_start_from_the_same_seeded_weights_and_the_note_says_so(networks, tmp_path):
+    import torch
+
+    from embedscope.resnet import FinetunedResNet18, build_resnet18
+    from embedscope.similarity import shared_start
+
+    frozen = build_resnet18("random", seed=0).state_dict()
+    body = FinetunedResNet18(3, "random", seed=0).body.state_dict()
+    assert list(body) == [key for key in frozen if not key.startswith("fc.")]
+    assert all(torch.equal(body[key], frozen[key]) for key in body)
+    assert not torch.equal(FinetunedResNet18(3, "random", seed=1).body.state_dict()["conv1.weight"],
+                           frozen["conv1.weight"])
+    same, line = shared_start(networks["frozen"], networks["checkpoint"])
+    assert same and "same weights (weights random, seed 0, resize None)" in line
+    reseeded = tmp_path / "seed1.pt"
+    save_toy_checkpoint(reseeded, networks["model"], ["a", "b", "c"], seed=1)
+    same, line = shared_start(networks["frozen"], reseeded)
+    assert not same and "did not start from the same weights" in line and "seed 1" in line
+
+    csv, md = tmp_path / "cka.csv", tmp_path / "cka.md"
+    compute_cka(networks["data"], ["resnet18", "resnet18_finetuned"], [networks["frozen"], networks["tuned"]], csv,
+                md, dataset="toy", n_points=12, model_path=networks["checkpoint"], batch_size=5)
+    text = md.read_text()
+    assert "conv1, bn1, relu, maxpool, layer1, layer2, layer3 are not in its feature store" in text
+    assert "## Frozen vs fine-tuned, same layer" in text and "started from the same weights" in text
+    assert "Changed most: layer" in text and "| conv1   |" in text

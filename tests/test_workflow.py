@@ -24,8 +24,8 @@ from embedscope.artifacts import (
     read_embedding_quality,
     read_training_log,
 )
-from embedscope.layers import EXTRACTOR_LAYERS
-from embedscope.similarity import cka_matrix
+from embedscope.layers import BODY_LAYERS, CKA_LAYERS, EXTRACTOR_LAYERS
+from embedscope.similarity import cka_matrix, same_layer_cka
 
 pytestmark = pytest.mark.e2e
 DS = "mnist_small"
@@ -90,11 +90,14 @@ def test_explorer_shows_each_layers_quality_numbers(small_run):
 
 
 def test_layer_similarity_table_and_heatmap(small_run):
-    """cka.csv holds every ordered pair of pixels and layers once: symmetric, 1 on the diagonal, in [0, 1] (the
-    plain estimator), on the whole 200-image test split; the heatmap exists."""
+    """cka.csv holds every ordered pair of pixels and layers once (the fine-tuned network's whole body too, computed
+    from its checkpoint): symmetric, 1 on the diagonal, in [0, 1] (the plain estimator), on the whole 200-image
+    test split; cka.md lists the frozen vs fine-tuned same-layer values; the heatmap exists."""
     results = small_run / "results"
     table = read_cka(results / f"metrics/{DS}/cka.csv")
-    sets = [("pixels", "pixels")] + [(e, layer) for e in SMALL_CONFIG["extractors"] for layer in EXTRACTOR_LAYERS[e]]
+    sets = [("pixels", "pixels")] + [(e, layer) for e in SMALL_CONFIG["extractors"] for layer in CKA_LAYERS[e]]
+    assert sets[-11:] == [("resnet18_finetuned", layer) for layer in (*BODY_LAYERS, "head_pool", "head_hidden",
+                                                                      "softmax")]
     pairs = list(zip(table["features_a"], table["layer_a"], table["features_b"], table["layer_b"], strict=True))
     assert sorted(pairs) == sorted((*a, *b) for a in sets for b in sets)
     names, matrix = cka_matrix(table)
@@ -102,7 +105,11 @@ def test_layer_similarity_table_and_heatmap(small_run):
     assert np.array_equal(matrix, matrix.T) and np.all(np.diag(matrix) == 1.0)
     assert np.all((matrix >= 0) & (matrix <= 1 + 1e-12))  # Cauchy-Schwarz, up to rounding
     assert (results / f"figures/{DS}/cka.png").stat().st_size > 0
-    assert "plain (biased)" in (results / f"metrics/{DS}/cka.md").read_text()
+    text = (results / f"metrics/{DS}/cka.md").read_text()
+    assert "plain (biased)" in text and "## Frozen vs fine-tuned, same layer" in text
+    assert "started from the same weights (weights random, seed 0, resize None)" in text
+    same = same_layer_cka(table)
+    assert same["layer"].tolist() == list(BODY_LAYERS) and same["cka"].between(0, 1 + 1e-12).all()
 
 
 def test_collapse_statistics_of_every_epoch(small_run):

@@ -251,6 +251,36 @@ def build_extractor(
     return FinetunedExtractor.from_checkpoint(model_path, image_store, class_names, image_shape, device)
 
 
+def finetuned_body_extractor(model_path: str | Path, image_store: str | Path, device: str = "cpu") -> ResNetExtractor:
+    """The fine-tuned checkpoint's body (conv1 ... layer4) as the frozen ``resnet18`` extractor runs a body: the
+    same hooks, each child's output globally average-pooled, in eval mode and fp32, at the checkpoint's resize.
+
+    Built through :func:`build_extractor`, so a checkpoint trained on other classes than ``image_store`` holds is
+    refused as the fine-tuned extractor refuses it."""
+    finetuned = build_extractor("resnet18_finetuned", {}, image_store, device, model_path=model_path)
+    return ResNetExtractor(finetuned.model.body, finetuned.resize, device, weights=finetuned.weights,
+                           name=finetuned.name)
+
+
+def extract_sample(image_store: str | Path, extractor, samples: Sequence[int] | np.ndarray,
+                   batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every layer of ``extractor`` (float32, len(samples) x D) for the images ``samples`` (image-store indices), in
+    that order: read and run ``batch_size`` images at a time under ``torch.inference_mode``, as
+    :func:`run_extraction` runs a whole store, so only those images' rows are ever held."""
+    from embedscope.store import read_image_rows
+
+    samples = np.asarray(samples, dtype=np.int64)
+    if not len(samples) or int(batch_size) < 1:
+        raise ValueError(f"need at least one sample and a batch size >= 1; got {len(samples)} and {batch_size}")
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(samples), int(batch_size)):
+            x = extractor.prepare(read_image_rows(image_store, samples[start : start + int(batch_size)]))
+            for layer, values in extractor(x).items():
+                parts.setdefault(layer, []).append(values.float().cpu().numpy())
+    return {layer: np.concatenate(blocks) for layer, blocks in parts.items()}
+
+
 # ---- the batch loop -------------------------------------------------------------------------------
 
 

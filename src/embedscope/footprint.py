@@ -247,8 +247,9 @@ def embedding_resources(n_train: int, n_test: int, points: int, widths: Sequence
     return {"mem_mb": _mb(held), "runtime": _minutes(30 + work / max(1, threads))}
 
 
-def cka_resources(n_rows: int, n_test: int, points: int, widths: Sequence[int], threads: int = 1
-                  ) -> dict[str, int]:
+def cka_resources(n_rows: int, n_test: int, points: int, widths: Sequence[int], threads: int = 1, *,
+                  network_input: Sequence[int] | None = None, resize: int | None = None,
+                  batch_size: int = 256) -> dict[str, int]:
     """``{"mem_mb", "runtime"}`` of layer_similarity: linear CKA of every pair of ``widths`` (the raw pixels and
     every layer) on q = min(points, n_test) test images, one layer read at a time, every layer's Gram kept.
 
@@ -259,14 +260,33 @@ def cka_resources(n_rows: int, n_test: int, points: int, widths: Sequence[int], 
     runtime = 5 + HEADROOM x (10 + (the sum over sets of width d of q^2 d x 1 ns (its Gram) + L^2 / 2 x q^2 x 1 ns
     (the pairs)) / threads + N x sum(d) x 4 B / 100 MB/s (every chunk decoded: a subsample touches most of
     them)) / 60 minutes, rounded up.
+
+    With ``network_input`` (the stored images' (H, W, C)), the fine-tuned body also runs over the q images on the
+    CPU, B = min(``batch_size``, q) at a time, at P = H' x W' input pixels (``resize`` squared, else H x W), which
+    makes it a torch job: BASE_MB becomes TORCH_BASE_MB, and mem_mb adds TORCH_HEADROOM x (B x H x W x C (a uint8
+    batch) + B x 3 P x 4 B (the float batch) + B x INFERENCE_FLOATS_PER_PIXEL x P x 4 B (the forward pass)
+    + 2 x 4 B x params (the model and the checkpoint's weights it was loaded from) + 2 x q x sum(BODY_CHANNELS)
+    x 4 B (the pooled body layers, batches and concatenation)) / 1e6; runtime adds TIME_HEADROOM x q x
+    (SECONDS_PER_IMAGE + P x SECONDS_PER_PIXEL)["resnet18"] / 60 minutes, rounded up.
     """
+    from embedscope.layers import BODY_CHANNELS
+
     q = min(int(points), int(n_test))
     count, wide = len(widths), max(widths)
     held = (count + 1) * 8 * q * q + 4 * q * wide + min(CKA_BLOCK_BYTES, 8 * q * wide) + n_rows * 24 \
         + 8 * CHUNK_MB * 1e6
     work = sum(q * q * d * 1e-9 for d in widths) + count * count / 2 * q * q * 1e-9
     seconds = 10 + work / max(1, threads) + n_rows * sum(widths) * 4 / 100e6
-    return {"mem_mb": _mb(held), "runtime": _minutes(seconds)}
+    if network_input is None:
+        return {"mem_mb": _mb(held), "runtime": _minutes(seconds)}
+    pixels = int(resize) ** 2 if resize else _pixels(network_input[:2])
+    batch = min(int(batch_size), q)
+    forward = (batch * _pixels(network_input) + batch * 3 * pixels * 4
+               + batch * INFERENCE_FLOATS_PER_PIXEL["resnet18"] * pixels * 4
+               + 2 * 4 * (RESNET18_PARAMS + HEAD_PARAMS) + 2 * q * sum(BODY_CHANNELS.values()) * 4)
+    mem = TORCH_BASE_MB + math.ceil(HEADROOM * held / 1e6) + math.ceil(TORCH_HEADROOM * forward / 1e6)
+    minutes = _minutes(seconds) + math.ceil(TIME_HEADROOM * q * _per_image("resnet18", pixels) / 60)
+    return {"mem_mb": mem, "runtime": minutes}
 
 
 def tsne_resources(n_test: int, points: int, width: int, pca_components: int = 50, n_iter: int = 500,

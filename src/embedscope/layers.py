@@ -17,6 +17,15 @@ EXTRACTOR_LAYERS: dict[str, tuple[str, ...]] = {
     "resnet18_finetuned": FINETUNED_LAYERS,
 }
 
+# The layer-similarity (CKA) table's layers of each extractor, in depth order: the fine-tuned network's body
+# layers before layer4 are not in its store, so the table computes them for its subsample only (pooled as the
+# frozen `resnet18` store pools them), which gives the frozen-vs-fine-tuned block its same-layer diagonal.
+FINETUNED_BODY_ONLY = tuple(layer for layer in BODY_LAYERS if layer not in FINETUNED_LAYERS)
+CKA_LAYERS: dict[str, tuple[str, ...]] = {
+    **EXTRACTOR_LAYERS,
+    "resnet18_finetuned": FINETUNED_BODY_ONLY + FINETUNED_LAYERS,
+}
+
 # Extractors whose body layers are drawn in the activation figures (report Figures 7-14).
 ACTIVATION_EXTRACTORS = ("resnet18", "resnet18_finetuned")
 
