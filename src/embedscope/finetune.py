@@ -424,6 +424,7 @@ class CollapseProbe:
                 stage: int, epoch: int) -> list[dict[str, Any]]:
         """This epoch's rows (stage, epoch, layer, metric, value); ``test`` is :func:`evaluate`'s result of the
         test split with COLLAPSE_LAYERS."""
+        start = time.perf_counter()
         train = evaluate(model, None, self.loader, device, amp, resize, layers=COLLAPSE_LAYERS, desc="collapse")
         test_predictions = test["probs"].argmax(1)
         weights = model.head.fc2.weight.detach().float().cpu().numpy()
@@ -434,6 +435,8 @@ class CollapseProbe:
             )
             for layer in COLLAPSE_LAYERS
         }
+        log.info("stage %d epoch %d: collapse statistics of %d train images in %.1f s (head_hidden NC1 %.4g)",
+                 stage, epoch, len(self.labels), time.perf_counter() - start, statistics["head_hidden"]["nc1"])
         return collapse_rows(stage, epoch, statistics, len(self.labels), len(test_predictions))
 
 
