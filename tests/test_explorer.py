@@ -15,6 +15,7 @@ from embedscope.artifacts import (
     read_embedding_quality,
     read_predictions,
     read_tsne,
+    write_collapse,
     write_text,
     write_tsne,
 )
@@ -184,6 +185,8 @@ def test_rule_build_explorer_and_report(tmp_path):
     for name, folder in (("embedding_quality.csv", "metrics"), ("predictions.csv", "models")):
         (results / folder / "mnist5k").mkdir(parents=True)
         Path(tmp_path / "synthetic" / name).rename(results / folder / "mnist5k" / name)
+    # the report holds every report-marked output of the jobs upstream, the fine-tuning job's collapse table too
+    write_collapse(results / "metrics" / "mnist5k" / "collapse.csv", [])
     snakemake = [
         sys.executable,
         "-m",
