@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     (name, settings), = config["datasets"].items()
-    recipe = dict(config["finetune"])
+    recipe = {k: v for k, v in config["finetune"].items() if k != "replicates"}  # how often, not how: the workflow's
     for key in ("stage1_epochs", "stage2_epochs"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
