@@ -139,7 +139,8 @@ def summaries_hold(table: pd.DataFrame, keys, counts) -> int:
             if metric != column:  # the mean's own test-set interval; an sd is no fraction of images
                 n = counts[metric] if not isinstance(counts[metric], str) else rows.loc["mean", counts[metric]]
                 low, high = wilson_interval(rows.loc["mean", metric] * n, n)
-                assert np.isclose(rows.loc["mean", column], low if column.endswith(LOW) else high), column
+                want = low if column.endswith(LOW) else high
+                assert np.isclose(rows.loc["mean", column], want, equal_nan=True), column
                 assert np.isnan(rows.loc["sd", column]), column
                 continue
             assert np.allclose(rows.loc["mean", column], values.mean(), equal_nan=True), column
