@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from embedscope.baseline import nearest_class_mean
 from embedscope.metrics import class_statistics, nc1
 
 COLLAPSE_METRICS = ("nc1", "nc2_equinorm", "nc2_equiangularity", "nc2_maxangle", "nc3_self_duality",
@@ -61,17 +62,9 @@ def self_duality(weights: np.ndarray, centred: np.ndarray) -> float:
     return float(np.sum(difference**2))
 
 
-def nearest_centre(features: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """The index of the nearest class mean (Euclidean) of each row; ties go to the lower class."""
-    features = np.asarray(features, dtype=np.float64)
-    means = np.asarray(means, dtype=np.float64)
-    # ||x - mu||^2 = ||x||^2 - 2 x.mu + ||mu||^2; ||x||^2 is the same for every class
-    distances = np.sum(means**2, axis=1) - 2.0 * features @ means.T
-    return distances.argmin(axis=1)
-
-
 def ncc_agreement(features: np.ndarray, network_predictions: np.ndarray, means: np.ndarray) -> float:
-    return float(np.mean(nearest_centre(features, means) == np.asarray(network_predictions)))
+    nearest = nearest_class_mean(features, means, distance="l2")
+    return float(np.mean(nearest == np.asarray(network_predictions)))
 
 
 def collapse_statistics(
